@@ -1,0 +1,44 @@
+# scapgate — the two commands: `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STATE := .state
+CONTENT := $(STATE)/content/ssg-debian12-ds.xml
+CERTS := $(STATE)/certs
+
+.PHONY: run test bench demo deps venv content certs lint clean
+
+deps: $(STATE)/.deps $(VENV)/.installed $(CONTENT)
+
+$(STATE)/.deps: scripts/install-deps.sh
+	@mkdir -p $(STATE)
+	bash scripts/install-deps.sh
+	@touch $@
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+$(CONTENT): scripts/install-content.sh
+	bash scripts/install-content.sh $(STATE)/content
+
+certs: deps
+	@test -s $(CERTS)/tls.crt || $(VENV)/bin/scapgate certs --service scapgate --namespace scapgate --out $(CERTS)
+
+run: deps certs
+	$(VENV)/bin/scapgate serve --bind 127.0.0.1:8443 --cert $(CERTS)/tls.crt --key $(CERTS)/tls.key \
+	  --policy policies --state-dir $(STATE)
+
+test: deps
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) -m benchmarks.run
+
+demo: deps certs
+	$(PY) -m scripts.demo
+
+clean:
+	rm -rf $(VENV) $(STATE)/certs

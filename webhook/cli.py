@@ -1,0 +1,148 @@
+"""`scapgate` command line: scan, serve, worker, certs, policy.
+
+Exit codes of `scan`: 0 the policy allows, 1 the policy denies, 2 could not scan.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+
+from . import content as content_mod
+from .config import Settings
+
+EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
+
+
+def _progress(stage: str, seconds: float) -> None:
+    print(f"scapgate: {stage:<9} {seconds:7.3f} s", file=sys.stderr, flush=True)
+
+
+def cmd_scan(args) -> int:
+    from . import engine, images, policy as policy_mod, oscap
+    from .registry import RegistryError
+    settings = Settings.from_env(state_dir=args.state_dir, platform=args.platform)
+    try:
+        pset = policy_mod.load_set(args.policy or settings.policy)
+        pol = pset.select(args.namespace) or (pset.policies[0] if pset.policies else None)
+        if pol is None:
+            raise policy_mod.PolicyError("no policy")
+        pipeline = engine.build_pipeline(settings)
+        docker_config = _read_json(args.auth) if args.auth else None
+        if args.source == "docker" or args.image.startswith("docker-daemon:"):
+            from . import daemon
+            outcome = daemon.scan_daemon_image(args.image.removeprefix("docker-daemon:"), pol,
+                                               pipeline, namespace=args.namespace,
+                                               progress=_progress)
+        else:
+            outcome = engine.scan_image(args.image, pol, pipeline, namespace=args.namespace,
+                                        platform=args.platform, docker_config=docker_config,
+                                        progress=_progress)
+    except (images.ReferenceError, RegistryError, content_mod.ContentError,
+            policy_mod.PolicyError) as e:
+        if args.json:
+            print(json.dumps({"image": args.image, "state": "error", "error": str(e)}))
+        print(f"scapgate: cannot scan {args.image}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    res, v = outcome.result, outcome.verdict
+    if args.report and res.state == "done":
+        _write_report(res.arf_path, args.report)
+    if args.json:
+        print(json.dumps({"image": str(outcome.ref), "digest": outcome.digest, "policy": pol.name,
+                          "profile": pol.profile, "verdict": _verdict_json(v),
+                          "result": dataclasses.asdict(res)}, indent=1, default=str))
+    else:
+        print(summary(outcome, pol))
+    if res.state == "error":
+        print(f"scapgate: cannot scan {args.image}: {res.error}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_ALLOW if v.state == "pass" else EXIT_DENY
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _write_report(arf_path: str, dest: str) -> None:
+    from . import oscap
+    with open(arf_path, "rb") as fh, tempfile.TemporaryDirectory() as work:
+        html = oscap.html_report(fh.read(), work)
+    with open(dest, "wb") as out:
+        out.write(html)
+    print(f"scapgate: report written to {dest}", file=sys.stderr)
+
+
+def _verdict_json(v) -> dict:
+    return {"state": v.state, "allowed": v.allowed, "detail": v.detail, "warnings": v.warnings,
+            "reasons": [dataclasses.asdict(r) for r in v.reasons],
+            "waived": [{"id": r.id, "ticket": w.ticket, "owner": w.owner,
+                        "expires": w.expires.isoformat()} for r, w in v.waived]}
+
+
+def summary(outcome, pol, limit: int = 20) -> str:
+    """The human summary on stdout: digest, profile, counts, failing rules worst first."""
+    res, v = outcome.result, outcome.verdict
+    lines = [f"image:   {outcome.ref}", f"digest:  {outcome.digest}",
+             f"policy:  {pol.name} (profile {pol.profile.rsplit('_profile_', 1)[-1]})"]
+    if res.state == "error":
+        lines.append(f"verdict: ERROR — {res.error}")
+        return "\n".join(lines)
+    osr = res.os_release
+    lines.append(f"os:      {osr.get('PRETTY_NAME', osr.get('ID', 'unknown'))}")
+    counts = ", ".join(f"{k} {n}" for k, n in sorted(res.counts().items()) if k != "notselected")
+    lines.append(f"rules:   {counts}")
+    na = res.counts().get("notapplicable", 0)
+    if na:
+        lines.append(f"         {na} rules are not applicable to this image and were not checked "
+                     "(kernel, boot and service rules do not apply to container images)")
+    failed = res.failed()
+    if failed:
+        lines.append("failing rules (worst first):")
+        for r in failed[:limit]:
+            short = r.id.rsplit("content_rule_", 1)[-1]
+            lines.append(f"  {r.severity:<7} {short}  {r.title}")
+        if len(failed) > limit:
+            lines.append(f"  … and {len(failed) - limit} more (--json for all)")
+    for r, w in v.waived:
+        lines.append(f"waived:  {r.id} by {w.owner} ({w.ticket}) until {w.expires}")
+    for w in v.warnings:
+        lines.append(f"warning: {w}")
+    word = {"pass": "ALLOW", "fail": "DENY"}.get(v.state, v.state.upper())
+    reason = "" if v.state == "pass" else f" — {len(v.reasons)} enforced rule(s) fail"
+    lines.append(f"verdict: {word}{reason}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scapgate", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("scan", help="scan one image and judge it as the gate would")
+    s.add_argument("image")
+    s.add_argument("--policy", help="policy file or directory (default: policies/)")
+    s.add_argument("--namespace", default="default", help="namespace whose policy applies")
+    s.add_argument("--platform", default=None, help="os/arch[/variant] (default linux/amd64)")
+    s.add_argument("--source", choices=["registry", "docker"], default="registry")
+    s.add_argument("--auth", help="docker config.json with registry credentials")
+    s.add_argument("--state-dir", default=None)
+    s.add_argument("--json", action="store_true", help="print result and verdict as JSON")
+    s.add_argument("--report", help="write the HTML report to this file")
+    s.set_defaults(fn=cmd_scan)
+    for extra in _extra_commands:
+        extra(sub)
+    return p
+
+
+_extra_commands: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

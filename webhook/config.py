@@ -1,0 +1,57 @@
+"""Settings, from flags or SCAPGATE_* environment variables; each field says its unit and why.
+
+Defaults deny when in doubt (fail closed); every fallback is a named setting.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(name: str, default):
+    raw = os.environ.get(f"SCAPGATE_{name.upper()}")
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, tuple):
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    return raw
+
+
+@dataclass
+class Settings:
+    state_dir: str = os.path.join(REPO, ".state")   # OCI cache, reports, SQLite store
+    policy: str = os.path.join(REPO, "policies")    # a file or a directory of policy files
+    store: str = ""                     # "" = SQLite in state_dir; "redis://…" for replicas
+    platform: str = "linux/amd64"       # what the nodes run; picks from image indexes
+    insecure_registries: tuple = ()     # host:port whose TLS is not verified (test registries)
+    certs_dir: str = ""                 # certs.d root; "" = skopeo's default /etc/containers/certs.d
+    auth_file: str = ""                 # docker config.json / auth.json; "" = skopeo's default
+    registry_timeout_s: float = 30.0    # one skopeo call; a slow registry must not wedge a worker
+    scan_timeout_s: float = 300.0       # one oscap run
+    scratch_dir: str = ""               # "" = /dev/shm when writable (unpack on tmpfs is 3-4x faster)
+    max_unpack_bytes: int = 4 << 30     # a decompression bomb stops here
+    max_unpack_files: int = 300_000     # a debootstrap root has ~10k entries
+    workers: int = 0                    # scan worker processes; 0 = number of cores
+    queue_limit: int = 256              # pending scans; past it admissions get "scan queue full"
+    lease_s: float = 60.0               # a scan claim expires unless renewed (dead worker)
+    l1_size: int = 100_000              # per-process TTL cache entries
+    l1_ttl_s: float = 300.0             # how long a process trusts its own copy of a result
+    resolve_ttl_s: float = 30.0         # tag → digest answers are reused this long
+    margin_s: float = 1.5               # kept back from the apiserver's ?timeout= for the answer
+    local_files: str = ""               # --local-files for remote OVAL feeds (offline)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        s = cls(**{f.name: _env(f.name, f.default) for f in fields(cls)})
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s

@@ -1,0 +1,189 @@
+"""Run OpenSCAP against an unpacked root and read what it found.
+
+Every known way for oscap to report a silent pass is closed here (DESIGN.md, pitfalls): the
+container marker, an isolated APT_CONFIG so the host's apt settings cannot hide packages,
+OSCAP_PROBE_ROOT always set, exit codes read (0 / 2 / 1), and a scan where no rule passed or
+failed is an error, never a pass.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from lxml import etree
+
+from .results import ContentSpec, OvalResult, RuleResult
+
+NS = {
+    "arf": "http://scap.nist.gov/schema/asset-reporting-format/1.1",
+    "xccdf": "http://checklists.nist.gov/xccdf/1.2",
+    "oval-res": "http://oval.mitre.org/XMLSchema/oval-results-5",
+    "oval-def": "http://oval.mitre.org/XMLSchema/oval-definitions-5",
+}
+STDERR_LIMIT = 600
+# Rules whose result says nothing about the image (still kept, for reports).
+_PARSER = etree.XMLParser(huge_tree=True, resolve_entities=False, no_network=True)
+
+
+class ScanError(Exception):
+    """oscap could not evaluate the image; `permanent` when retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class OscapSettings:
+    timeout_s: float = 300.0     # anssi high takes ~3 s on a minbase root; generous for big roots
+    local_files: str | None = None  # --local-files DIR: offline copies of remote OVAL feeds
+
+
+def version() -> str:
+    """`oscap --version` first line's version, e.g. '1.3.7' (part of every scan key)."""
+    try:
+        out = subprocess.run(["oscap", "--version"], capture_output=True, text=True, timeout=10,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "missing"
+    m = re.search(r"\(oscap\)\s+(\S+)", out)
+    return m.group(1) if m else "unknown"
+
+
+def prepare_root(root: str, work: str) -> str:
+    """Mark the root as a container and write an APT config that ignores the host's apt.conf.d.
+
+    Returns the APT_CONFIG path. Both live in the scan's scratch directory.
+    """
+    marker = os.path.join(root, ".dockerenv")
+    if os.path.islink(marker) or (os.path.exists(marker) and not os.path.isfile(marker)):
+        _remove(marker)
+    with open(marker, "a"):
+        pass
+    empty = os.path.join(work, "apt-parts")
+    os.makedirs(empty, exist_ok=True)
+    conf = os.path.join(work, "apt.conf")
+    with open(conf, "w") as fh:
+        fh.write(f'Dir::Etc::parts "{empty}";\nDir::Etc::main "/dev/null";\n')
+    return conf
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _env(root: str, apt_conf: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+    env.update(OSCAP_PROBE_ROOT=root, APT_CONFIG=apt_conf)
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float, what: str,
+         cwd: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, env=env, timeout=timeout, cwd=cwd,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        raise ScanError(f"{what} took longer than {timeout:.0f} s") from e
+    except FileNotFoundError as e:
+        raise ScanError("oscap is not installed") from e
+
+
+def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettings) -> str:
+    """Evaluate the profile; returns the ARF path. Exit 0 = no fail, 2 = some fail, else error."""
+    apt_conf = prepare_root(root, work)
+    arf = os.path.join(work, "results-arf.xml")
+    cmd = ["oscap", "xccdf", "eval", "--skip-valid", "--profile", content.profile,
+           "--results-arf", arf]
+    if content.tailoring:
+        cmd += ["--tailoring-file", content.tailoring]
+    if settings.local_files:
+        cmd += ["--local-files", settings.local_files]
+    cmd.append(content.datastream)
+    proc = _run(cmd, _env(root, apt_conf), settings.timeout_s, "oscap xccdf eval", work)
+    if proc.returncode not in (0, 2) or not os.path.exists(arf):
+        err = proc.stderr.decode(errors="replace").strip()[-STDERR_LIMIT:]
+        permanent = "profile" in err.lower() or "no such file" in err.lower()
+        raise ScanError(f"oscap xccdf eval failed (exit {proc.returncode}): {err}",
+                        permanent=permanent)
+    return arf
+
+
+def parse_arf(arf: str) -> tuple[list[RuleResult], float | None]:
+    """Rule results with titles and severities from an ARF report."""
+    try:
+        tree = etree.parse(arf, _PARSER)
+    except etree.XMLSyntaxError as e:
+        raise ScanError(f"oscap wrote an unreadable ARF: {e}") from e
+    titles = {}
+    for rule in tree.iterfind(".//xccdf:Benchmark//xccdf:Rule", NS):
+        t = rule.find("xccdf:title", NS)
+        titles[rule.get("id")] = " ".join((t.text or "").split()) if t is not None else ""
+    out = []
+    for rr in tree.iterfind(".//arf:report//xccdf:TestResult/xccdf:rule-result", NS):
+        rid = rr.get("idref")
+        res = rr.find("xccdf:result", NS)
+        out.append(RuleResult(id=rid, title=titles.get(rid, ""),
+                              severity=rr.get("severity", "unknown"),
+                              result=(res.text or "").strip() if res is not None else "unknown"))
+    score_el = tree.find(".//arf:report//xccdf:TestResult/xccdf:score", NS)
+    score = float(score_el.text) if score_el is not None and score_el.text else None
+    return out, score
+
+
+def oval_eval(root: str, work: str, definitions: str, settings: OscapSettings) -> list[OvalResult]:
+    """Evaluate an OVAL definitions file (a CVE feed); oscap exits 0 whatever the results, so
+    the verdict is read from definition/@result in the results file."""
+    apt_conf = prepare_root(root, work)
+    results = os.path.join(work, f"oval-{os.path.basename(definitions)}.results.xml")
+    cmd = ["oscap", "oval", "eval", "--skip-valid", "--results", results, definitions]
+    proc = _run(cmd, _env(root, apt_conf), settings.timeout_s, "oscap oval eval", work)
+    if proc.returncode != 0 or not os.path.exists(results):
+        err = proc.stderr.decode(errors="replace").strip()[-STDERR_LIMIT:]
+        raise ScanError(f"oscap oval eval of {os.path.basename(definitions)} failed "
+                        f"(exit {proc.returncode}): {err}")
+    return parse_oval(results)
+
+
+def parse_oval(results: str) -> list[OvalResult]:
+    tree = etree.parse(results, _PARSER)
+    meta = {}
+    for d in tree.iterfind(".//oval-def:definitions/oval-def:definition", NS):
+        title = d.findtext("oval-def:metadata/oval-def:title", "", NS).strip()
+        refs = tuple(r.get("ref_id", "") for r in d.iterfind("oval-def:metadata/oval-def:reference", NS))
+        meta[d.get("id")] = (title, d.get("class", ""), refs)
+    out = []
+    for d in tree.iterfind(".//oval-res:results//oval-res:definition", NS):
+        title, klass, refs = meta.get(d.get("definition_id"), ("", "", ()))
+        out.append(OvalResult(id=d.get("definition_id"), title=title, klass=klass,
+                              result=d.get("result", "unknown"), references=refs))
+    return out
+
+
+def compress(path: str, dest: str) -> str:
+    """Keep the ARF gzip-compressed (it embeds the 10 MB datastream)."""
+    with open(path, "rb") as src, gzip.open(dest, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return dest
+
+
+def html_report(arf_gz: bytes, work: str, timeout: float = 120.0) -> bytes:
+    """Render the HTML report from a stored ARF on demand (+2.7 s, so never during a scan)."""
+    arf = os.path.join(work, "arf.xml")
+    with open(arf, "wb") as fh:
+        fh.write(gzip.decompress(arf_gz))
+    out = os.path.join(work, "report.html")
+    proc = _run(["oscap", "xccdf", "generate", "report", "--output", out, arf],
+                {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout, "oscap report", work)
+    if proc.returncode != 0 or not os.path.exists(out):
+        raise ScanError(f"oscap could not render the report: "
+                        f"{proc.stderr.decode(errors='replace')[-STDERR_LIMIT:]}")
+    with open(out, "rb") as fh:
+        return fh.read()

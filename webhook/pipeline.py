@@ -1,0 +1,180 @@
+"""The scan pipeline: fetch → unpack → evaluate → parse, for one platform manifest digest.
+
+Each stage is timed (the numbers go into the ScanResult and the `scapgate scan` progress lines).
+Scratch lives on tmpfs when there is one and is removed whatever happened.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import oscap
+from .images import ImageRef
+from .registry import Registry, RegistryError
+from .results import ContentSpec, ScanKey, ScanResult, error_result
+from .unpack import UnpackError, UnpackLimits, unpack
+
+PIPELINE_VERSION = "1"
+Progress = Callable[[str, float], None]
+
+
+def _default_scratch() -> str:
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+@dataclass
+class PipelineSettings:
+    state_dir: str                                  # OCI layout cache and reports live here
+    scratch_dir: str = field(default_factory=_default_scratch)  # tmpfs: unpack is 3-4x faster
+    limits: UnpackLimits = field(default_factory=UnpackLimits)
+    oscap: oscap.OscapSettings = field(default_factory=oscap.OscapSettings)
+
+
+class Pipeline:
+    """Turns (image at digest, content) into a ScanResult. Thread-safe; holds no per-scan state."""
+
+    def __init__(self, settings: PipelineSettings, registry: Registry | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.registry = registry or Registry()
+        self.clock = clock
+        self._scanner_version: str | None = None
+        self._layout_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def scanner_version(self) -> str:
+        if self._scanner_version is None:
+            self._scanner_version = f"openscap-{oscap.version()}+scapgate-pipeline-{PIPELINE_VERSION}"
+        return self._scanner_version
+
+    def key(self, digest: str, content: ContentSpec) -> ScanKey:
+        return ScanKey(digest=digest, content_sha256=content.datastream_sha256,
+                       profile=content.profile, tailoring_sha256=content.tailoring_sha256,
+                       scanner_version=self.scanner_version(),
+                       oval_sha256=",".join(content.oval_sha256))
+
+    # -- stages ---------------------------------------------------------------------------
+    def fetch(self, ref: ImageRef, docker_config: dict | None = None) -> tuple[str, str]:
+        """Copy the platform manifest into the content-addressed cache; returns (layout, tag)."""
+        assert ref.digest, "fetch needs a digest-pinned reference"
+        oci = os.path.join(self.settings.state_dir, "oci")
+        blobs = os.path.join(oci, "blobs")
+        name = ref.digest.replace(":", "-")
+        layout = os.path.join(oci, "layouts", name)
+        if os.path.exists(os.path.join(layout, "index.json")):
+            return layout, "image"
+        with self._lock_for(name):
+            if os.path.exists(os.path.join(layout, "index.json")):
+                return layout, "image"
+            os.makedirs(os.path.join(oci, "layouts"), exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(oci, "layouts"))
+            try:
+                self.registry.copy(ref, tmp, "image", blobs, docker_config=docker_config)
+                local = os.path.join(tmp, "blobs")
+                if os.path.isdir(local) and not os.path.islink(local):
+                    shutil.rmtree(local)   # skopeo leaves an empty blobs/ beside a shared dir
+                os.symlink(os.path.relpath(blobs, tmp), local)
+                os.rename(tmp, layout)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return layout, "image"
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._layout_locks.setdefault(name, threading.Lock())
+
+    def scan(self, ref: ImageRef, content: ContentSpec, *, docker_config: dict | None = None,
+             progress: Progress | None = None, key: ScanKey | None = None) -> ScanResult:
+        """Scan a digest-pinned image. Failures come back as an error ScanResult (a value),
+        so callers store them; only programming errors raise."""
+        key = key or self.key(ref.digest, content)
+        timings: dict[str, float] = {}
+
+        def stage(name: str, fn, *args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            timings[name] = round(time.perf_counter() - t0, 3)
+            if progress:
+                progress(name, timings[name])
+            return out
+
+        os.makedirs(self.settings.scratch_dir, exist_ok=True)
+        work = tempfile.mkdtemp(prefix="scapgate-scan-", dir=self.settings.scratch_dir)
+        try:
+            layout, tag = stage("fetch", self.fetch, ref, docker_config)
+            return self.evaluate(layout, tag, work, ref, content, key, timings, stage)
+        except (RegistryError, UnpackError, oscap.ScanError) as e:
+            permanent = getattr(e, "permanent", isinstance(e, UnpackError))
+            return error_result(key, str(ref), str(e), permanent=permanent, now=self.clock())
+        except OSError as e:
+            return error_result(key, str(ref), f"scan failed: {e}", permanent=False,
+                                now=self.clock())
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSpec,
+                 key: ScanKey, timings: dict[str, float], stage) -> ScanResult:
+        """Unpack a layout already on disk and run the content against it."""
+        root = os.path.join(work, "rootfs")
+        stage("unpack", unpack, layout, tag, root, self.settings.limits)
+        arf = stage("evaluate", oscap.xccdf_eval, root, work, content, self.settings.oscap)
+        rules, score = stage("parse", oscap.parse_arf, arf)
+        ovals = []
+        for definitions in content.oval:
+            ovals += stage("oval", oscap.oval_eval, root, work, definitions, self.settings.oscap)
+        osr = os_release(root)
+        verdictless = not any(r.result in ("pass", "fail", "fixed") for r in rules)
+        if verdictless:
+            raise oscap.ScanError(
+                f"content {os.path.basename(content.datastream)} does not apply to this image "
+                f"(ID={osr.get('ID', '?')}, VERSION_ID={osr.get('VERSION_ID', '?')}): "
+                "no rule passed or failed", permanent=True)
+        reports = os.path.join(self.settings.state_dir, "reports")
+        os.makedirs(reports, exist_ok=True)
+        arf_path = oscap.compress(arf, os.path.join(reports, f"{key.id()}.arf.xml.gz"))
+        return ScanResult(key=key, image=str(ref), rules=rules, oval=ovals, os_release=osr,
+                          tools={"oscap": oscap.version(), "pipeline": PIPELINE_VERSION,
+                                 "content": os.path.basename(content.datastream)},
+                          timings=timings, scanned_at=self.clock(), score=score,
+                          arf_path=arf_path)
+
+
+def os_release(root: str) -> dict[str, str]:
+    """Parse the image's os-release without following links out of the root."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = _inside(root, rel)
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read(64 * 1024)
+            except OSError:
+                continue
+            out = {}
+            for line in text.splitlines():
+                k, sep, v = line.partition("=")
+                if sep and k.strip().isidentifier():
+                    out[k.strip()] = v.strip().strip('"\'')
+            return out
+    return {}
+
+
+def _inside(root: str, rel: str) -> str | None:
+    """Resolve rel under root treating root as '/', refusing escapes (links are the image's)."""
+    real_root = os.path.realpath(root)
+    path = rel
+    for _ in range(16):
+        full = os.path.join(real_root, path)
+        if not os.path.islink(full):
+            return full if os.path.realpath(full).startswith(real_root + os.sep) else None
+        target = os.readlink(full)
+        path = target.lstrip("/") if target.startswith("/") else os.path.normpath(
+            os.path.join(os.path.dirname(path), target))
+        if path.startswith(".."):
+            return None
+    return None

@@ -1,0 +1,181 @@
+"""Registry access through skopeo, honouring the containers-image conventions users already keep.
+
+skopeo reads /etc/containers/registries.conf, certs.d and auth.json by itself; we add only what
+the gate needs on top: credentials handed over in a private 0600 file, a per-registry switch to
+turn TLS verification off (test registries), a certs.d root of our own, and timeouts with errors
+a developer can act on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .images import ImageRef
+
+MANIFEST_LIST_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+STDERR_LIMIT = 600
+
+
+class RegistryError(Exception):
+    """The registry could not give us the image; `permanent` says whether a retry can help."""
+
+    permanent = False
+
+
+class AuthError(RegistryError):
+    """401/403: the credentials we have do not open this repository."""
+
+    permanent = True
+
+
+class NotFound(RegistryError):
+    """404: the repository, tag or digest does not exist."""
+
+    permanent = True
+
+
+class Unreachable(RegistryError):
+    """Connection refused, DNS, TLS handshake, timeout: worth retrying later."""
+
+
+class PlatformMissing(RegistryError):
+    """An image index without a manifest for the platform the nodes run."""
+
+    permanent = True
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """How to reach registries. Defaults follow skopeo's own conventions."""
+
+    timeout_s: float = 30.0           # per skopeo call; a slow registry must not wedge a worker
+    insecure: frozenset[str] = frozenset()  # host[:port] whose TLS is not verified (tests only)
+    certs_dir: str | None = None      # a certs.d root; None = skopeo's defaults (/etc/containers/certs.d)
+    auth_file: str | None = None      # docker config.json / auth.json; None = skopeo's defaults
+    platform: str = "linux/amd64"     # what the nodes run; picks from image indexes
+
+
+def _cut(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= STDERR_LIMIT else text[:STDERR_LIMIT] + "…"
+
+
+def classify(ref: ImageRef, stderr: str) -> RegistryError:
+    """Turn skopeo's stderr into the error a developer can act on."""
+    low = stderr.lower()
+    if any(s in low for s in ("unauthorized", "authentication required", "denied", "401", "403",
+                              "invalid username/password")):
+        return AuthError(f"no valid credentials for registry {ref.registry} "
+                         f"(repository {ref.repository}): {_cut(stderr)}")
+    if any(s in low for s in ("manifest unknown", "name unknown", "not found", "404")):
+        return NotFound(f"image {ref} not found: {_cut(stderr)}")
+    return Unreachable(f"registry {ref.registry} unreachable: {_cut(stderr)}")
+
+
+@contextmanager
+def auth_file(docker_config: dict | None, fallback: str | None) -> Iterator[str | None]:
+    """Hand credentials to skopeo in a private 0600 file that is removed afterwards."""
+    if not docker_config:
+        yield fallback
+        return
+    fd, path = tempfile.mkstemp(prefix="scapgate-auth-", suffix=".json")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(docker_config, fh)
+        yield path
+    finally:
+        os.unlink(path)
+
+
+@dataclass
+class Registry:
+    settings: RegistrySettings = field(default_factory=RegistrySettings)
+
+    def _tls_args(self, ref: ImageRef, prefix: str = "") -> list[str]:
+        args = []
+        if ref.registry in self.settings.insecure:
+            args.append(f"--{prefix}tls-verify=false")
+        if self.settings.certs_dir:
+            d = os.path.join(self.settings.certs_dir, ref.registry)
+            if os.path.isdir(d):
+                args.append(f"--{prefix}cert-dir={d}")
+        return args
+
+    def _run(self, ref: ImageRef, args: list[str], timeout: float | None = None) -> bytes:
+        timeout = timeout or self.settings.timeout_s
+        try:
+            proc = subprocess.run(["skopeo", *args], capture_output=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as e:
+            raise Unreachable(f"registry {ref.registry} did not answer within {timeout:.0f} s") from e
+        except FileNotFoundError as e:
+            raise RegistryError("skopeo is not installed") from e
+        if proc.returncode != 0:
+            raise classify(ref, proc.stderr.decode(errors="replace"))
+        return proc.stdout
+
+    def raw_manifest(self, ref: ImageRef, *, docker_config: dict | None = None) -> bytes:
+        with auth_file(docker_config, self.settings.auth_file) as af:
+            args = ["inspect", "--raw", "--retry-times=0", *self._tls_args(ref)]
+            if af:
+                args.append(f"--authfile={af}")
+            return self._run(ref, [*args, ref.transport()])
+
+    def resolve(self, ref: ImageRef, *, docker_config: dict | None = None,
+                platform: str | None = None) -> tuple[str, str]:
+        """Return (platform manifest digest, digest of what the reference names).
+
+        For an image index the platform manifest is picked; for a plain manifest both are equal.
+        A reference that carries a digest is verified against the bytes the registry returns.
+        """
+        raw = self.raw_manifest(ref, docker_config=docker_config)
+        top = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if ref.digest and ref.digest != top:
+            raise RegistryError(f"registry returned a manifest for {ref} whose digest is {top}")
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            raise RegistryError(f"registry returned a manifest for {ref} that is not JSON") from e
+        media = doc.get("mediaType") or ("application/vnd.oci.image.index.v1+json"
+                                         if "manifests" in doc else "")
+        if media not in MANIFEST_LIST_TYPES:
+            return top, top
+        return pick_platform(doc, platform or self.settings.platform, ref), top
+
+    def copy(self, ref: ImageRef, layout: str, tag: str, blob_dir: str, *,
+             docker_config: dict | None = None) -> None:
+        """Fetch one platform manifest into an OCI layout whose blobs live in a shared,
+        content-addressed directory, so a layer shared by two images is fetched once."""
+        with auth_file(docker_config, self.settings.auth_file) as af:
+            args = ["copy", "--quiet", "--retry-times=1", *self._tls_args(ref, "src-"),
+                    f"--dest-shared-blob-dir={blob_dir}"]
+            if af:
+                args.append(f"--src-authfile={af}")
+            self._run(ref, [*args, ref.transport(), f"oci:{layout}:{tag}"],
+                      timeout=self.settings.timeout_s * 4)
+
+
+def pick_platform(index: dict, platform: str, ref: ImageRef) -> str:
+    """Choose the manifest for os/arch[/variant] from an image index."""
+    want = platform.split("/")
+    found = []
+    for m in index.get("manifests", []):
+        p = m.get("platform") or {}
+        have = [p.get("os", ""), p.get("architecture", "")] + ([p["variant"]] if p.get("variant") else [])
+        found.append("/".join(have))
+        if have[:2] == want[:2] and (len(want) < 3 or have[2:3] == want[2:3]):
+            digest = m.get("digest", "")
+            if digest.startswith("sha256:"):
+                return digest
+    raise PlatformMissing(f"image {ref} has no manifest for platform {platform} "
+                          f"(it has: {', '.join(found) or 'none'})")

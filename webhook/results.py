@@ -1,0 +1,125 @@
+"""Plain data that flows between stages: scan keys, scan results, verdicts.
+
+Kept free of I/O so every stage (pipeline, store, policy, admission) can share it and tests can
+build values by hand. Everything round-trips through JSON for the shared store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+# Result values of XCCDF rule-result/result that count as a verdict about the image.
+PASS_RESULTS = frozenset({"pass", "fixed"})
+FAIL_RESULTS = frozenset({"fail"})
+SEVERITY_ORDER = {"unknown": 0, "info": 1, "low": 2, "medium": 3, "high": 4}
+
+
+def severity_rank(severity: str) -> int:
+    """Order severities so thresholds compare; anything unexpected ranks as unknown."""
+    return SEVERITY_ORDER.get((severity or "unknown").lower(), 0)
+
+
+@dataclass(frozen=True)
+class ContentSpec:
+    """What is evaluated: datastream, profile, optional tailoring and OVAL feeds (by sha256)."""
+
+    datastream: str
+    datastream_sha256: str
+    profile: str
+    tailoring: str | None = None
+    tailoring_sha256: str = ""
+    oval: tuple[str, ...] = ()
+    oval_sha256: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ScanKey:
+    """Identity of a scan: a platform manifest digest plus everything that changes the result.
+
+    Never a tag: tags move. Policy thresholds and waivers are *not* in the key, so changing
+    them needs no rescan.
+    """
+
+    digest: str
+    content_sha256: str
+    profile: str
+    tailoring_sha256: str
+    scanner_version: str
+    oval_sha256: str = ""
+
+    def id(self) -> str:
+        """A stable, compact string for stores and logs."""
+        raw = "|".join(dataclasses.astuple(self))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    id: str
+    title: str
+    severity: str
+    result: str
+
+
+@dataclass(frozen=True)
+class OvalResult:
+    id: str
+    title: str
+    klass: str
+    result: str
+    references: tuple[str, ...] = ()
+
+
+@dataclass
+class ScanResult:
+    """Everything a verdict needs, computed once per ScanKey and kept in the store.
+
+    state is "done" (rules evaluated) or "error" (the scan itself failed: error says why,
+    permanent says whether a retry could help).
+    """
+
+    key: ScanKey
+    image: str
+    state: str = "done"
+    rules: list[RuleResult] = field(default_factory=list)
+    oval: list[OvalResult] = field(default_factory=list)
+    os_release: dict[str, str] = field(default_factory=dict)
+    tools: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    scanned_at: float = 0.0
+    error: str = ""
+    permanent: bool = False
+    score: float | None = None
+    arf_path: str = ""
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rules:
+            out[r.result] = out.get(r.result, 0) + 1
+        return out
+
+    def failed(self) -> list[RuleResult]:
+        """Failing rules, worst first, then by id for stable messages."""
+        bad = [r for r in self.rules if r.result in FAIL_RESULTS]
+        return sorted(bad, key=lambda r: (-severity_rank(r.severity), r.id))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "ScanResult":
+        d: dict[str, Any] = json.loads(text)
+        d["key"] = ScanKey(**d["key"])
+        d["rules"] = [RuleResult(**r) for r in d.get("rules", [])]
+        d["oval"] = [OvalResult(**{**o, "references": tuple(o.get("references", ()))})
+                     for o in d.get("oval", [])]
+        return cls(**d)
+
+
+def error_result(key: ScanKey, image: str, message: str, *, permanent: bool, now: float) -> ScanResult:
+    """A failed scan is stored as a value so waiting admissions learn why, at once."""
+    return ScanResult(key=key, image=image, state="error", error=message,
+                      permanent=permanent, scanned_at=now)
