@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -131,12 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print result and verdict as JSON")
     s.add_argument("--report", help="write the HTML report to this file")
     s.set_defaults(fn=cmd_scan)
-    for extra in _extra_commands:
-        extra(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return p
 
 
-_extra_commands: list = []
+# Each module adds its own subcommands through `register(subparsers)`.
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:

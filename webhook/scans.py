@@ -97,3 +97,10 @@ class ScanService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def build_service(settings, pipeline: Pipeline) -> ScanService:
+    """The service `scapgate serve` uses for these settings."""
+    import os
+    return ScanService(pipeline, workers=settings.workers or os.cpu_count() or 2,
+                       queue_limit=settings.queue_limit, cache_size=settings.l1_size)
