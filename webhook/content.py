@@ -19,6 +19,10 @@ DEFAULT_CONTENT_DIR = os.environ.get(
     "SCAPGATE_CONTENT_DIR",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".state", "content"))
 DEFAULT_DATASTREAM = "ssg-debian12-ds.xml"
+# Content scapgate ships itself (e.g. its OVAL checks for containers), looked up after the
+# policy's own directory and before the installed SCAP Security Guide content.
+SHIPPED_CONTENT_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "content")
 _lock = threading.Lock()
 
 
@@ -27,10 +31,11 @@ class ContentError(Exception):
 
 
 def resolve_path(path: str, base: str | None = None) -> str:
-    """Relative content paths are looked up next to the policy first, then in the content dir."""
+    """Relative content paths are looked up next to the policy, then in scapgate's shipped
+    content, then in the installed content dir."""
     if os.path.isabs(path):
         return path
-    for root in (base, DEFAULT_CONTENT_DIR):
+    for root in (base, SHIPPED_CONTENT_DIR, DEFAULT_CONTENT_DIR):
         if root and os.path.exists(os.path.join(root, path)):
             return os.path.abspath(os.path.join(root, path))
     return os.path.abspath(os.path.join(base or DEFAULT_CONTENT_DIR, path))

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_REGISTRY = "docker.io"
+DAEMON = "docker-daemon"          # pseudo-registry: images read from a Docker daemon
 _DOCKER_ALIASES = {"index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
 # From the distribution reference grammar (github.com/distribution/reference).
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -34,6 +35,8 @@ class ImageRef:
 
     @property
     def name(self) -> str:
+        if self.registry == DAEMON:
+            return f"{DAEMON}:{self.repository}"
         return f"{self.registry}/{self.repository}"
 
     def __str__(self) -> str:
