@@ -54,9 +54,11 @@ def version() -> str:
     return m.group(1) if m else "unknown"
 
 
-def prepare_root(root: str, work: str) -> str:
+def prepare_root(root: str, work: str, arch: str = "") -> str:
     """Mark the root as a container and write an APT config that ignores the host's apt.conf.d.
 
+    The image's architecture is given to apt: otherwise the dpkginfo probe cannot see packages
+    of another architecture (an arm64 image scanned on amd64 would pass every package rule).
     Returns the APT_CONFIG path. Both live in the scan's scratch directory.
     """
     marker = os.path.join(root, ".dockerenv")
@@ -69,6 +71,8 @@ def prepare_root(root: str, work: str) -> str:
     conf = os.path.join(work, "apt.conf")
     with open(conf, "w") as fh:
         fh.write(f'Dir::Etc::parts "{empty}";\nDir::Etc::main "/dev/null";\n')
+        if arch and arch.replace("-", "").isalnum():
+            fh.write(f'APT::Architecture "{arch}";\n')
     return conf
 
 
@@ -96,9 +100,10 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float, what: str,
         raise ScanError("oscap is not installed") from e
 
 
-def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettings) -> str:
+def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettings,
+               arch: str = "") -> str:
     """Evaluate the profile; returns the ARF path. Exit 0 = no fail, 2 = some fail, else error."""
-    apt_conf = prepare_root(root, work)
+    apt_conf = prepare_root(root, work, arch)
     arf = os.path.join(work, "results-arf.xml")
     cmd = ["oscap", "xccdf", "eval", "--skip-valid", "--profile", content.profile,
            "--results-arf", arf]
@@ -130,6 +135,8 @@ def parse_arf(arf: str) -> tuple[list[RuleResult], float | None]:
     for rr in tree.iterfind(".//arf:report//xccdf:TestResult/xccdf:rule-result", NS):
         rid = rr.get("idref")
         res = rr.find("xccdf:result", NS)
+        if res is not None and res.text == "notselected":
+            continue  # ~550 rules outside the profile: nothing about the image, only bytes
         out.append(RuleResult(id=rid, title=titles.get(rid, ""),
                               severity=rr.get("severity", "unknown"),
                               result=(res.text or "").strip() if res is not None else "unknown"))
@@ -138,10 +145,11 @@ def parse_arf(arf: str) -> tuple[list[RuleResult], float | None]:
     return out, score
 
 
-def oval_eval(root: str, work: str, definitions: str, settings: OscapSettings) -> list[OvalResult]:
+def oval_eval(root: str, work: str, definitions: str, settings: OscapSettings,
+              arch: str = "") -> list[OvalResult]:
     """Evaluate an OVAL definitions file (a CVE feed); oscap exits 0 whatever the results, so
     the verdict is read from definition/@result in the results file."""
-    apt_conf = prepare_root(root, work)
+    apt_conf = prepare_root(root, work, arch)
     results = os.path.join(work, f"oval-{os.path.basename(definitions)}.results.xml")
     cmd = ["oscap", "oval", "eval", "--skip-valid", "--results", results, definitions]
     proc = _run(cmd, _env(root, apt_conf), settings.timeout_s, "oscap oval eval", work)

@@ -5,6 +5,8 @@ Scratch lives on tmpfs when there is one and is removed whatever happened.
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import tempfile
@@ -15,11 +17,11 @@ from typing import Callable
 
 from . import oscap
 from .images import ImageRef
-from .registry import Registry, RegistryError
+from .registry import Registry, RegistryError, TooLarge
 from .results import ContentSpec, ScanKey, ScanResult, error_result
-from .unpack import UnpackError, UnpackLimits, unpack
+from .unpack import CorruptBlob, UnpackError, UnpackLimits, image_config, unpack
 
-PIPELINE_VERSION = "1"
+PIPELINE_VERSION = "2"  # 2: image arch given to apt; notselected rules dropped
 Progress = Callable[[str, float], None]
 
 
@@ -75,7 +77,9 @@ class Pipeline:
             os.makedirs(os.path.join(oci, "layouts"), exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(oci, "layouts"))
             try:
-                self.registry.copy(ref, tmp, "image", blobs, docker_config=docker_config)
+                cap = self.download_cap(ref, docker_config)
+                self.registry.copy(ref, tmp, "image", blobs, docker_config=docker_config,
+                                   max_blob_bytes=cap)
                 local = os.path.join(tmp, "blobs")
                 if os.path.isdir(local) and not os.path.islink(local):
                     shutil.rmtree(local)   # skopeo leaves an empty blobs/ beside a shared dir
@@ -84,6 +88,32 @@ class Pipeline:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return layout, "image"
+
+    def download_cap(self, ref: ImageRef, docker_config: dict | None) -> int:
+        """Check the manifest's declared layers against the limits before downloading any, and
+        return the largest file skopeo may write (the largest declared blob, at least 4 MiB
+        for manifests and configs; the byte limit when sizes are not declared)."""
+        limits = self.settings.limits
+        try:
+            doc = json.loads(self.registry.raw_manifest(ref, docker_config=docker_config))
+            layers = doc.get("layers")
+            sizes = [int(x["size"]) for x in layers] + [int(doc["config"]["size"])]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return limits.max_bytes     # an index or an old schema: skopeo decides, capped
+        if len(layers) > limits.max_layers:
+            raise UnpackError(f"image {ref} has {len(layers)} layers "
+                              f"(limit {limits.max_layers})")
+        if sum(sizes) > limits.max_bytes or min(sizes) < 0:
+            raise TooLarge(f"image {ref} declares {sum(sizes)} bytes of layers, past the "
+                           f"unpack limit of {limits.max_bytes} bytes")
+        return max(sizes + [4 << 20])
+
+    def forget(self, digest: str) -> None:
+        """Drop the cached layout of a digest (its blobs stay shared) so it is fetched again."""
+        name = digest.replace(":", "-")
+        layout = os.path.join(self.settings.state_dir, "oci", "layouts", name)
+        with self._lock_for(name):
+            shutil.rmtree(layout, ignore_errors=True)
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._locks_guard:
@@ -104,30 +134,39 @@ class Pipeline:
                 progress(name, timings[name])
             return out
 
-        os.makedirs(self.settings.scratch_dir, exist_ok=True)
-        work = tempfile.mkdtemp(prefix="scapgate-scan-", dir=self.settings.scratch_dir)
+        work = None
         try:
+            os.makedirs(self.settings.scratch_dir, exist_ok=True)
+            work = tempfile.mkdtemp(prefix="scapgate-scan-", dir=self.settings.scratch_dir)
             layout, tag = stage("fetch", self.fetch, ref, docker_config)
             return self.evaluate(layout, tag, work, ref, content, key, timings, stage)
+        except CorruptBlob as e:
+            self.forget(ref.digest)
+            return error_result(key, str(ref), str(e), permanent=False, now=self.clock())
         except (RegistryError, UnpackError, oscap.ScanError) as e:
             permanent = getattr(e, "permanent", isinstance(e, UnpackError))
             return error_result(key, str(ref), str(e), permanent=permanent, now=self.clock())
         except OSError as e:
-            return error_result(key, str(ref), f"scan failed: {e}", permanent=False,
+            what = ("scratch or state disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else "scan failed")
+            return error_result(key, str(ref), f"{what}: {e}", permanent=False,
                                 now=self.clock())
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
 
     def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSpec,
                  key: ScanKey, timings: dict[str, float], stage) -> ScanResult:
         """Unpack a layout already on disk and run the content against it."""
         root = os.path.join(work, "rootfs")
         stage("unpack", unpack, layout, tag, root, self.settings.limits)
-        arf = stage("evaluate", oscap.xccdf_eval, root, work, content, self.settings.oscap)
+        arch = image_arch(layout, tag)
+        arf = stage("evaluate", oscap.xccdf_eval, root, work, content, self.settings.oscap, arch)
         rules, score = stage("parse", oscap.parse_arf, arf)
         ovals = []
         for definitions in content.oval:
-            ovals += stage("oval", oscap.oval_eval, root, work, definitions, self.settings.oscap)
+            ovals += stage("oval", oscap.oval_eval, root, work, definitions, self.settings.oscap,
+                           arch)
         osr = os_release(root)
         verdictless = not any(r.result in ("pass", "fail", "fixed") for r in rules)
         if verdictless:
@@ -143,6 +182,15 @@ class Pipeline:
                                  "content": os.path.basename(content.datastream)},
                           timings=timings, scanned_at=self.clock(), score=score,
                           arf_path=arf_path)
+
+
+def image_arch(layout: str, tag: str) -> str:
+    """The architecture in the image config, as Debian names it (amd64, arm64, armhf, …)."""
+    try:
+        arch = json.loads(image_config(layout, tag)).get("architecture", "")
+    except (OSError, ValueError, UnpackError):
+        return ""
+    return {"arm": "armhf", "386": "i386", "ppc64le": "ppc64el"}.get(arch, arch)
 
 
 def os_release(root: str) -> dict[str, str]:
