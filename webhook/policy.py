@@ -11,12 +11,13 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 
 import jsonschema
-import yaml
 
 from . import content as content_mod
+from .policy_file import PolicyError, dates_to_text, line_of, read_document
 from .results import ContentSpec, ScanResult, severity_rank
 
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -26,14 +27,18 @@ DEFAULTS = {
     "stale": "decide", "maxScanAge": "7d", "waiverWarningDays": 14,
 }
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class PolicyError(Exception):
-    """A policy file is invalid; the previous policies stay in force."""
+BREAK_GLASS_ANNOTATION = "scapgate.io/break-glass"
+WARNING_LIMIT = 120          # kube-apiserver shows warnings; keep each one short
+REASON_LIMIT = 300           # of a break-glass reason kept in messages and audit annotations
+_OVAL_ID = re.compile(r"^oval:[A-Za-z0-9_.-]+:def:[0-9]+$")
+_XCCDF_RULE = re.compile(r"^xccdf_.*_rule_|^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
 class Waiver:
+    """An approved exception for one rule, OVAL definition or CVE id, in some images and
+    namespaces, until (and including) `expires`. `line` is where it is written, for messages."""
+
     rule: str
     reason: str
     owner: str
@@ -41,11 +46,28 @@ class Waiver:
     expires: dt.date
     images: tuple[str, ...] = ("*",)
     namespaces: tuple[str, ...] = ("*",)
+    approved_by: str = ""
+    line: int = 0
 
-    def applies(self, rule_id: str, image: str, namespace: str, today: dt.date) -> bool:
-        """An expired waiver stops applying by itself (it is valid through its expiry date)."""
-        return (today <= self.expires and _rule_matches(self.rule, rule_id)
+    @property
+    def kind(self) -> str:
+        """rule (XCCDF rule id, full or short), oval (definition id) or ref (CVE/DSA/… id)."""
+        if _OVAL_ID.match(self.rule):
+            return "oval"
+        return "rule" if _XCCDF_RULE.match(self.rule) else "ref"
+
+    def covers(self, rule_id: str, image: str, namespace: str, refs=()) -> bool:
+        """Whether the waiver names this finding here, whatever its expiry."""
+        return ((_rule_matches(self.rule, rule_id) or self.rule in refs)
                 and matches_any(image, self.images) and matches_any(namespace, self.namespaces))
+
+    def applies(self, rule_id: str, image: str, namespace: str, today: dt.date,
+                refs=()) -> bool:
+        """An expired waiver stops applying by itself (it is valid through its expiry date)."""
+        return today <= self.expires and self.covers(rule_id, image, namespace, refs)
+
+    def days_left(self, today: dt.date) -> int:
+        return (self.expires - today).days
 
 
 @dataclass(frozen=True)
@@ -98,9 +120,9 @@ def matches_any(value: str, patterns) -> bool:
 
 
 def _rule_matches(pattern: str, rule_id: str) -> bool:
-    """A waiver may name the full XCCDF id or its short form (after 'content_rule_')."""
-    short = rule_id.rsplit("content_rule_", 1)[-1]
-    return pattern in (rule_id, short)
+    """A waiver may name the full XCCDF id or its short form (after 'content_rule_'); the id
+    it is compared with may be either too (Reasons carry the short form)."""
+    return pattern == rule_id or _short(pattern) == _short(rule_id)
 
 
 def parse_duration(text: str) -> int:
@@ -123,19 +145,29 @@ def load(path: str) -> Policy:
     try:
         with open(path, "rb") as fh:
             raw = fh.read()
-        doc = yaml.safe_load(raw)
-    except (OSError, yaml.YAMLError) as e:
-        raise PolicyError(f"{path}: cannot read policy: {e}") from e
-    return from_document(doc, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read policy: {e.strerror}") from e
+    doc, node = read_document(raw, path)
+    return from_document(doc, path=path, sha256=hashlib.sha256(raw).hexdigest(), node=node)
 
 
-def from_document(doc, *, path: str = "<inline>", sha256: str = "") -> Policy:
-    errors = sorted(jsonschema.Draft202012Validator(schema()).iter_errors(doc),
-                    key=lambda e: list(e.absolute_path))
+def schema_errors(doc) -> list:
+    """Every JSON Schema error, in document order (lint reports all, the loader the first)."""
+    validator = jsonschema.Draft202012Validator(
+        schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+
+
+def from_document(doc, *, path: str = "<inline>", sha256: str = "", node=None) -> Policy:
+    doc = dates_to_text(doc)
+    errors = schema_errors(doc)
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "(top)"
-        raise PolicyError(f"{path}: {where}: {e.message}")
+        line = line_of(node, list(e.absolute_path))
+        more = f" (and {len(errors) - 1} more; run `scapgate policy lint`)" if len(errors) > 1 else ""
+        raise PolicyError(f"{path}{f':{line}' if line else ''}: {where}: {e.message}{more}",
+                          line=line)
     meta, spec = doc["metadata"], doc["spec"]
     base = os.path.dirname(os.path.abspath(path)) if path != "<inline>" else None
     c, r = spec["content"], spec.get("rules", {})
@@ -145,8 +177,10 @@ def from_document(doc, *, path: str = "<inline>", sha256: str = "") -> Policy:
         waivers = tuple(Waiver(rule=w["rule"], reason=w["reason"], owner=w["owner"],
                                ticket=w["ticket"], expires=dt.date.fromisoformat(w["expires"]),
                                images=tuple(w.get("images", ["*"])),
-                               namespaces=tuple(w.get("namespaces", ["*"])))
-                        for w in spec.get("waivers", []))
+                               namespaces=tuple(w.get("namespaces", ["*"])),
+                               approved_by=w.get("approvedBy", ""),
+                               line=line_of(node, ["spec", "waivers", i]))
+                        for i, w in enumerate(spec.get("waivers", [])))
     except ValueError as e:
         raise PolicyError(f"{path}: spec.waivers: invalid expiry date: {e}") from e
     return Policy(
@@ -184,6 +218,7 @@ class Reason:
     severity: str
     title: str
     kind: str = "rule"     # rule | oval | score
+    refs: tuple[str, ...] = ()     # CVE / advisory ids of an OVAL definition
 
 
 @dataclass
@@ -207,36 +242,68 @@ def _short(rule_id: str) -> str:
     return rule_id.rsplit("content_rule_", 1)[-1]
 
 
+def enforcement_of(rule_id: str, severity: str, policy: Policy) -> tuple[bool, str]:
+    """Whether a failing rule denies under this policy, and why (the words `explain` prints)."""
+    short = _short(rule_id)
+    if rule_id in policy.never_enforce or short in policy.never_enforce:
+        return False, "listed in rules.neverEnforce"
+    if rule_id in policy.always_enforce or short in policy.always_enforce:
+        return True, "listed in rules.alwaysEnforce"
+    if policy.deny_severity == "none":
+        return False, "rules.denySeverity is none"
+    if severity_rank(severity) >= severity_rank(policy.deny_severity):
+        return True, f"severity {severity} >= denySeverity {policy.deny_severity}"
+    return False, f"severity {severity} is below denySeverity {policy.deny_severity}"
+
+
+def waiver_for(reason: Reason, policy: Policy, *, image: str, namespace: str,
+               today: dt.date, expired: bool = False) -> Waiver | None:
+    """The first waiver in force for this finding (or, with expired=True, the first one that
+    would cover it but has expired — to tell the developer why it no longer helps)."""
+    for w in policy.waivers:
+        if w.covers(reason.id, image, namespace, reason.refs) and (today > w.expires) == expired:
+            return w
+    return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= WARNING_LIMIT else text[:WARNING_LIMIT - 1] + "…"
+
+
 def evaluate(result: ScanResult, policy: Policy, *, image: str, namespace: str,
              today: dt.date) -> Verdict:
     """Apply thresholds and waivers to a finished scan."""
     if result.state == "error":
         return on_state("error", policy, detail=result.error)
-    threshold = severity_rank(policy.deny_severity) if policy.deny_severity != "none" else 99
-    reasons, waived = [], []
+    reasons, waived, warnings = [], [], []
     for r in result.failed():
-        if r.id in policy.never_enforce or _short(r.id) in policy.never_enforce:
-            continue
-        enforced = (severity_rank(r.severity) >= threshold or r.id in policy.always_enforce
-                    or _short(r.id) in policy.always_enforce)
-        if enforced:
+        if enforcement_of(r.id, r.severity, policy)[0]:
             reasons.append(Reason(_short(r.id), r.severity, r.title))
     if policy.deny_oval_true:
         for o in result.oval:
             if o.result == "true" and o.klass in ("vulnerability", "patch", ""):
                 refs = ", ".join(o.references[:3])
-                reasons.append(Reason(o.id, "high", f"{o.title} {refs}".strip(), kind="oval"))
+                reasons.append(Reason(o.id, "high", f"{o.title} {refs}".strip(), kind="oval",
+                                      refs=tuple(o.references)))
     kept = []
     for reason in reasons:
-        w = next((w for w in policy.waivers
-                  if w.applies(reason.id, image, namespace, today)), None)
-        (waived.append((reason, w)) if w else kept.append(reason))
+        w = waiver_for(reason, policy, image=image, namespace=namespace, today=today)
+        if w:
+            waived.append((reason, w))
+            if w.days_left(today) <= policy.waiver_warning_days:
+                warnings.append(_clip(f"waiver for {reason.id} ({w.ticket}) expires "
+                                      f"{w.expires.isoformat()}, in {w.days_left(today)} days"))
+            continue
+        kept.append(reason)
+        gone = waiver_for(reason, policy, image=image, namespace=namespace, today=today,
+                          expired=True)
+        if gone:
+            warnings.append(_clip(f"waiver for {reason.id} ({gone.ticket}) expired "
+                                  f"{gone.expires.isoformat()} and no longer applies"))
     if policy.min_score is not None and result.score is not None and result.score < policy.min_score:
         kept.append(Reason("score", "medium",
                            f"score {result.score:.1f} is below the minimum {policy.min_score:g}",
                            kind="score"))
-    warnings = [f"waiver for {r.id} ({w.ticket}) expires {w.expires.isoformat()}"
-                for r, w in waived if (w.expires - today).days <= policy.waiver_warning_days]
     state = "fail" if kept else "pass"
     allowed = state == "pass" or policy.enforcement != "enforce"
     return Verdict(state=state, allowed=allowed, reasons=kept, waived=waived, warnings=warnings)
@@ -247,6 +314,80 @@ def on_state(state: str, policy: Policy, *, detail: str) -> Verdict:
     action = policy.on_pending if state == "pending" else policy.on_error
     allowed = action in ("allow", "warn") or policy.enforcement != "enforce"
     return Verdict(state=state, allowed=allowed, detail=detail)
+
+
+# -- break-glass and decision trail ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class BreakGlass:
+    """Someone asked to bypass the gate with the break-glass annotation.
+
+    allowed: the requester (username, or one of their groups) is on the policy's list and gave
+    a reason — admit whatever the verdict, with `warning` and `audit`, and log it. Otherwise
+    deny with `message`. `audit` is for AdmissionResponse.auditAnnotations either way.
+    """
+
+    allowed: bool
+    reason: str
+    user: str
+    via: str                  # "user alice" / "group sre-oncall" / "" when refused
+    policy: str
+    message: str
+    warning: str = ""
+    audit: dict[str, str] = field(default_factory=dict)
+
+
+def break_glass(policy: Policy | None, *, user_info: dict | None,
+                annotations: dict | None) -> BreakGlass | None:
+    """None when the object carries no `scapgate.io/break-glass` annotation (or no policy
+    applies, so there is nothing to bypass); otherwise who asked, whether they may, and what
+    to tell them and the audit log. Names are compared exactly: no globs."""
+    if policy is None or not annotations or BREAK_GLASS_ANNOTATION not in annotations:
+        return None
+    reason = " ".join(str(annotations.get(BREAK_GLASS_ANNOTATION) or "").split())[:REASON_LIMIT]
+    user = str((user_info or {}).get("username", "")) or "<unknown>"
+    groups = [str(g) for g in (user_info or {}).get("groups") or []]
+    via = (f"user {user}" if user in policy.break_glass_users else
+           next((f"group {g}" for g in groups if g in policy.break_glass_groups), ""))
+    record = {"policy": policy.name, "user": user, "reason": reason}
+    if via and reason:
+        audit = json.dumps({**record, "allowed": True, "via": via}, sort_keys=True)
+        return BreakGlass(
+            allowed=True, reason=reason, user=user, via=via, policy=policy.name,
+            message=f"break-glass by {user} ({via}) under policy {policy.name}: {reason}",
+            warning=_clip(f"break-glass by {user}: scan verdict bypassed, this is audited — {reason}"),
+            audit={"break-glass": audit})
+    if via:
+        why = (f"the {BREAK_GLASS_ANNOTATION} annotation needs a reason as its value "
+               "(what is broken, which incident)")
+    else:
+        who = f"user {user!r}" + (f" (groups: {', '.join(groups)})" if groups else "")
+        why = (f"{who} is not on the break-glass list of policy {policy.name!r}; "
+               f"remove the {BREAK_GLASS_ANNOTATION} annotation or ask its owner "
+               f"({policy.owner})")
+    audit = json.dumps({**record, "allowed": False, "groups": groups}, sort_keys=True)
+    return BreakGlass(allowed=False, reason=reason, user=user, via="", policy=policy.name,
+                      message=f"break-glass refused: {why}", audit={"break-glass": audit})
+
+
+def trail(policy: Policy, content_spec: ContentSpec | None, digest: str,
+          verdict: Verdict) -> dict:
+    """The fields every decision log line carries, so a decision traces back to the exact
+    policy file, content and image it was made from."""
+    cs = content_spec
+    return {
+        "policy": policy.name, "policy_file": policy.path, "policy_sha256": policy.sha256,
+        "content": os.path.basename(cs.datastream) if cs else os.path.basename(policy.datastream),
+        "content_sha256": cs.datastream_sha256 if cs else "",
+        "profile": cs.profile if cs else policy.profile,
+        "tailoring_sha256": cs.tailoring_sha256 if cs else "",
+        "oval_sha256": list(cs.oval_sha256) if cs else [],
+        "digest": digest, "state": verdict.state, "allowed": verdict.allowed,
+        "enforcement": policy.enforcement,
+        "denied_by": [r.id for r in verdict.reasons],
+        "waivers": [{"id": r.id, "waiver": w.rule, "ticket": w.ticket, "owner": w.owner,
+                     "expires": w.expires.isoformat()} for r, w in verdict.waived],
+    }
 
 
 # -- several policies -----------------------------------------------------------------------
