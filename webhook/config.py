@@ -42,11 +42,27 @@ class Settings:
     workers: int = 0                    # scan worker processes; 0 = number of cores
     queue_limit: int = 256              # pending scans; past it admissions get "scan queue full"
     lease_s: float = 60.0               # a scan claim expires unless renewed (dead worker)
+    scan_attempts: int = 3              # tries of a transiently failing scan before its error is stored
+    retry_backoff_s: float = 5.0        # wait before retry n: this × 2^(n-1), capped at 300 s
     l1_size: int = 100_000              # per-process TTL cache entries
     l1_ttl_s: float = 300.0             # how long a process trusts its own copy of a result
     resolve_ttl_s: float = 30.0         # tag → digest answers are reused this long
     margin_s: float = 1.5               # kept back from the apiserver's ?timeout= for the answer
     local_files: str = ""               # --local-files for remote OVAL feeds (offline)
+    # -- admission webhook (scapgate serve) --
+    bind: str = "127.0.0.1:8443"        # host:port; in a cluster 0.0.0.0:8443 behind the Service
+    tls_cert: str = ""                  # PEM serving certificate (reloaded when the file changes)
+    tls_key: str = ""                   # PEM key for tls_cert
+    http_workers: int = 2               # gunicorn worker processes (`serve --workers`)
+    http_threads: int = 16              # threads per worker: a request may wait ~8 s for a scan
+    embedded_workers: bool = True       # serve starts `workers` scan workers; false when
+                                        # `scapgate worker` runs as its own Deployment
+    keepalive_s: int = 95               # > Go's 90 s idle timeout: the apiserver closes, not us
+    resolve_cache_size: int = 10_000    # tag → digest answers kept per process
+    pinned_ttl_s: float = 86_400.0      # index digest → platform digest never changes; re-check daily
+    error_retry_s: float = 30.0         # a transient scan error is retried by admissions after this
+    scan_estimate_s: float = 6.0        # "retry in about N s" before this process timed a scan
+    report_url: str = ""                # base URL in denial messages ("" = path only)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

@@ -1,106 +1,301 @@
 """Scan service: look up a result, submit a scan once, wait a bounded time for it.
 
-This is the seam between admission and scanning. Admission code calls only `lookup`, `submit`,
-`wait`, `depth` and `healthy`; where scans actually run (threads here, worker processes and a
-shared store in the replicated setup) is hidden behind it.
+This is the seam between admission and scanning. Admission code calls `lookup`, `submit`,
+`resubmit`, `wait`, `depth` and `healthy`; scans never run here. Results live in two tiers: a
+TTLCache per process (L1, only finished results) in front of the shared store (L2: SQLite file
+or Redis, see store.py), and jobs go to the store's queue, where `scapgate worker` processes
+(worker.py) claim them. So one image is scanned once across threads, gunicorn workers, replicas
+and restarts.
+
+Metrics are prometheus_client objects defined here. gunicorn workers and scan workers are
+separate processes: run them all with the same PROMETHEUS_MULTIPROC_DIR (an empty directory,
+set before any of them starts) and publish with prometheus_client.multiprocess.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 from cachetools import TTLCache
+from prometheus_client import Counter, Gauge, Histogram
 
-from .images import parse
-from .pipeline import Pipeline
 from .results import ContentSpec, ScanKey, ScanResult
+from .store import EXISTS, FULL, QUEUED, SCANS_STARTED, Store, StoreUnavailable, open_store
+
+__all__ = ["Job", "ScanService", "build_service", "register_metrics", "QUEUED", "EXISTS", "FULL",
+           "StoreUnavailable"]
+
+
+def _metric(cls, name: str, doc: str, labels: tuple[str, ...] = (), **kw):
+    """Metrics are created unregistered: under gunicorn (multiprocess mode) their values are
+    exported from PROMETHEUS_MULTIPROC_DIR by name whatever the registry; a single-process
+    server calls register_metrics() once."""
+    return cls(name, doc, labels, registry=None, **kw)
+
+
+SCANS_STARTED_TOTAL = _metric(
+    Counter, "scapgate_scans_started", "Scan attempts workers started (retries count again)")
+SCANS_FINISHED_TOTAL = _metric(
+    Counter, "scapgate_scans_finished", "Scans that produced rule results")
+SCANS_FAILED_TOTAL = _metric(
+    Counter, "scapgate_scans_failed", "Scan attempts that ended in an error", ("permanent",))
+SCAN_DURATION = _metric(
+    Histogram, "scapgate_scan_duration_seconds", "Duration of one scan attempt in a worker",
+    buckets=(0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 90, 150, 300))
+QUEUE_DEPTH = _metric(
+    Gauge, "scapgate_queue_depth", "Scan jobs queued or running in the shared store",
+    multiprocess_mode="livemostrecent")
+CACHE_LOOKUPS = _metric(
+    Counter, "scapgate_cache_lookups", "Result lookups by tier (l1, l2) and result (hit, miss)",
+    ("tier", "result"))
+METRICS = (SCANS_STARTED_TOTAL, SCANS_FINISHED_TOTAL, SCANS_FAILED_TOTAL, SCAN_DURATION,
+           QUEUE_DEPTH, CACHE_LOOKUPS)
+_registered: set[tuple[int, int]] = set()
+
+
+def register_metrics(registry=None) -> None:
+    """Register the scan metrics in a registry (default: prometheus_client's), once."""
+    from prometheus_client import REGISTRY
+    registry = registry or REGISTRY
+    for m in METRICS:
+        if (id(registry), id(m)) not in _registered:
+            registry.register(m)
+            _registered.add((id(registry), id(m)))
 
 
 @dataclass(frozen=True)
 class Job:
-    """What a scan worker needs: the key, the digest-pinned image and the content to run."""
+    """What a scan worker needs: the key, the digest-pinned image and the content to run.
+
+    docker_config (the pod's pull secrets, when the registry needs them) travels with the job
+    in the store's queue entry and is deleted with it; it never reaches results or logs.
+    """
 
     key: ScanKey
     image: str
     content: ContentSpec
     submitted_at: float = field(default_factory=time.time)
+    docker_config: dict | None = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Job":
+        d: dict[str, Any] = json.loads(text)
+        c = _known(ContentSpec, d["content"])     # tolerate fields from a newer webhook
+        content = ContentSpec(**{**c, "oval": tuple(c.get("oval", ())),
+                                 "oval_sha256": tuple(c.get("oval_sha256", ()))})
+        return cls(key=ScanKey(**_known(ScanKey, d["key"])), image=d["image"], content=content,
+                   submitted_at=d.get("submitted_at", 0.0), docker_config=d.get("docker_config"))
 
 
-QUEUED, EXISTS, FULL = "queued", "exists", "full"
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def is_final(result: ScanResult) -> bool:
+    """Done results and permanent errors are final; a transient error will be retried."""
+    return result.state == "done" or result.permanent
 
 
 class ScanService:
-    """In-process service: results in a bounded TTL cache, scans on a bounded thread pool.
+    """Store-backed service for admission processes: L1 TTLCache → L2 store; jobs to the queue.
 
-    Single-flight per key within this process. Replaced by the store-backed service when
-    several processes or replicas share results.
+    Thread-safe. Every method but `healthy` raises StoreUnavailable when the store is down.
     """
 
-    def __init__(self, pipeline: Pipeline, *, workers: int = 2, queue_limit: int = 256,
-                 cache_size: int = 100_000, cache_ttl_s: float = 3600.0,
-                 clock: Callable[[], float] = time.time):
-        self.pipeline = pipeline
-        self.clock = clock
+    def __init__(self, store: Store, *, queue_limit: int = 256, l1_size: int = 100_000,
+                 l1_ttl_s: float = 300.0, poll_s: float = 0.05):
+        self.store = store
         self.queue_limit = queue_limit
-        self._results: TTLCache = TTLCache(maxsize=cache_size, ttl=cache_ttl_s)
-        self._inflight: dict[str, threading.Event] = {}
+        self._l1: TTLCache = TTLCache(maxsize=l1_size, ttl=l1_ttl_s)
+        self._rescans: TTLCache = TTLCache(maxsize=l1_size, ttl=l1_ttl_s)  # kid → stale scanned_at
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scan")
+        self._poller = _Poller(store, poll_s)
 
+    # -- results ------------------------------------------------------------------------
     def lookup(self, key: ScanKey) -> ScanResult | None:
-        with self._lock:
-            return self._results.get(key.id())
-
-    def submit(self, job: Job) -> str:
-        kid = job.key.id()
-        with self._lock:
-            if kid in self._inflight:
-                return EXISTS
-            if len(self._inflight) >= self.queue_limit:
-                return FULL
-            self._inflight[kid] = threading.Event()
-        self._pool.submit(self._run, job)
-        return QUEUED
-
-    def _run(self, job: Job) -> None:
-        kid = job.key.id()
-        try:
-            result = self.pipeline.scan(parse(job.image), job.content, key=job.key)
-        except Exception as e:  # a bug in a stage must not leave waiters hanging
-            from .results import error_result
-            result = error_result(job.key, job.image, f"scan crashed: {e}", permanent=False,
-                                  now=self.clock())
-        with self._lock:
-            self._results[kid] = result
-            event = self._inflight.pop(kid)
-        event.set()
-
-    def wait(self, key: ScanKey, timeout_s: float) -> ScanResult | None:
+        """The result for a key: this process's L1, else the shared store (then kept in L1).
+        While this process waits for a rescan of a key, lookups read the store, so the fresh
+        result is seen as soon as it lands."""
         kid = key.id()
         with self._lock:
-            hit = self._results.get(kid)
-            event = self._inflight.get(kid)
-        if hit is not None or event is None:
+            hit = self._l1.get(kid)
+            after = self._rescans.get(kid)
+        if hit is not None and after is None:
+            CACHE_LOOKUPS.labels("l1", "hit").inc()
             return hit
-        event.wait(max(0.0, timeout_s))
-        return self.lookup(key)
+        CACHE_LOOKUPS.labels("l1", "miss").inc()
+        body = self.store.get(kid)
+        CACHE_LOOKUPS.labels("l2", "miss" if body is None else "hit").inc()
+        return None if body is None else self._remember(kid, ScanResult.from_json(body))
+
+    def _remember(self, kid: str, result: ScanResult) -> ScanResult:
+        with self._lock:
+            after = self._rescans.get(kid)
+            if after is not None and result.scanned_at > after:
+                del self._rescans[kid]                  # the rescan landed
+                after = None
+            if after is None and is_final(result):     # transient errors must not stick
+                self._l1[kid] = result
+        return result
+
+    def forget(self, key: ScanKey) -> None:
+        """Drop this process's L1 copy, so the next lookup reads the store."""
+        with self._lock:
+            self._l1.pop(key.id(), None)
+
+    # -- queue --------------------------------------------------------------------------
+    def submit(self, job: Job) -> str:
+        """Queue a scan unless it is queued or running, or a final result exists."""
+        return self._enqueue(job, newer_than=-1.0)
+
+    def resubmit(self, job: Job, *, after: float) -> str:
+        """Rescan a stale result: queue unless it is queued or running, or a final result
+        scanned after `after` (the stale result's scanned_at) exists. Until a result newer
+        than `after` is seen, this process's lookups bypass L1."""
+        state = self._enqueue(job, newer_than=after)
+        if state != FULL:
+            kid = job.key.id()
+            with self._lock:
+                self._l1.pop(kid, None)
+                self._rescans[kid] = max(after, self._rescans.get(kid, after))
+        return state
+
+    def _enqueue(self, job: Job, *, newer_than: float) -> str:
+        return self.store.enqueue(job.key.id(), job.to_json(), limit=self.queue_limit,
+                                  newer_than=newer_than)
+
+    def wait(self, key: ScanKey, timeout_s: float, *, after: float = -1.0) -> ScanResult | None:
+        """The first result scanned after `after` (default: any result) as soon as it is
+        stored, or None once timeout_s has passed (bounded)."""
+        kid = key.id()
+        with self._lock:
+            hit = self._l1.get(kid)
+        if hit is not None and hit.scanned_at > after:
+            return hit
+        body = self.store.get(kid)
+        result = ScanResult.from_json(body) if body is not None else None
+        if (result is None or result.scanned_at <= after) and timeout_s > 0:
+            result = self._poller.wait(kid, timeout_s, after)
+        if result is None or result.scanned_at <= after:
+            return None
+        return self._remember(kid, result)
 
     def depth(self) -> int:
-        with self._lock:
-            return len(self._inflight)
+        n = self.store.depth()
+        QUEUE_DEPTH.set(n)
+        return n
 
     def healthy(self) -> bool:
-        return True
+        """True when the shared store answers (readiness: without it nothing can be decided)."""
+        try:
+            self.store.ping()
+            return True
+        except StoreUnavailable:
+            return False
+
+    def stats(self) -> dict:
+        """For status pages and tests: store, depth, L1 size, scans started (shared counter)."""
+        return {"store": getattr(self.store, "safe_url", self.store.url),
+                "depth": self.store.depth(), "l1_entries": len(self._l1),
+                "scans_started": self.store.counter(SCANS_STARTED)}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._poller.stop()
+        self.store.close()
 
 
-def build_service(settings, pipeline: Pipeline) -> ScanService:
-    """The service `scapgate serve` uses for these settings."""
-    import os
-    return ScanService(pipeline, workers=settings.workers or os.cpu_count() or 2,
-                       queue_limit=settings.queue_limit, cache_size=settings.l1_size)
+class _Poller:
+    """One thread per process polls the store for every key being waited on, so 50 waiting
+    requests cost one query per interval, not 50."""
+
+    def __init__(self, store: Store, interval_s: float):
+        self.store = store
+        self.interval_s = interval_s
+        self._reset()
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: dict[str, int] = {}
+        self._found: dict[str, tuple[str, ScanResult]] = {}    # kid → (body, parsed once)
+        self._error: StoreUnavailable | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._pid = os.getpid()
+
+    def wait(self, kid: str, timeout_s: float, after: float) -> ScanResult | None:
+        if self._pid != os.getpid():          # forked (gunicorn --preload): no thread here yet
+            self._reset()
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._waiting[kid] = self._waiting.get(kid, 0) + 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="scan-wait-poller",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            try:
+                while not self._stopped:
+                    found = self._found.get(kid)
+                    if found and found[1].scanned_at > after:
+                        return found[1]
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                error = self._error
+            finally:
+                self._waiting[kid] -= 1
+                if not self._waiting[kid]:
+                    del self._waiting[kid]
+                    self._found.pop(kid, None)
+        if error is not None:
+            raise StoreUnavailable(f"while waiting for a scan: {error}") from error
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                kids = list(self._waiting)
+                known = {k: self._found[k][0] for k in kids if k in self._found}
+            try:
+                got, error = self.store.get_many(kids), None
+                new = {k: (body, ScanResult.from_json(body)) for k, body in got.items()
+                       if known.get(k) != body}
+            except StoreUnavailable as e:
+                new, error = {}, e
+            except Exception as e:  # a bad stored value must not kill every future wait
+                new, error = {}, StoreUnavailable(f"unreadable result in the store: {e}")
+            with self._cond:
+                self._error = error
+                self._found.update({k: v for k, v in new.items() if k in self._waiting})
+                if new or error:
+                    self._cond.notify_all()
+            time.sleep(self.interval_s)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+
+def build_service(settings, pipeline=None, *, store: Store | None = None) -> ScanService:
+    """The service `scapgate serve` uses: the store Settings.store names ("" = SQLite under
+    state_dir). Scans run in `scapgate worker` processes (worker.start_workers), not here; the
+    pipeline argument is accepted for the interface and not used."""
+    return ScanService(store or open_store(settings.store, settings.state_dir),
+                       queue_limit=settings.queue_limit, l1_size=settings.l1_size,
+                       l1_ttl_s=settings.l1_ttl_s)
+
