@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each module adds its own subcommands through `register(subparsers)`.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["webhook.server", "webhook.worker", "webhook.policy_cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,358 @@
+"""The admission decision: an AdmissionReview request in, a response and a log record out.
+
+Plain functions over plain data; the HTTP server, metrics and logging live elsewhere (app.py).
+For each image the object runs: pick the policy, resolve the tag to the platform digest, look
+up the scan result by ScanKey, submit a scan when there is none and wait at most the time left
+in this request, then judge the result with the policy. Pending and error are states with the
+policy's named actions, never accidents. response.py turns the judged images into the answer.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import images as images_mod
+from . import policy as policy_mod
+from . import response
+from .content import ContentError
+from .registry import RegistryError
+from .resolver import Resolver, wait as wait_resolution
+from .results import ContentSpec, ScanKey, ScanResult
+from .review import Request, Response
+from .scans import FULL, Job
+from .workload import Container, ObjectError, containers_of, images_changed, pod_spec_path
+
+POLL_S = 0.05            # polling for the rescan of a key that already has a result
+
+
+class Estimate:
+    """How long one scan takes: a moving average of the scans this process waited for.
+    It becomes the "retry in about N s" of a pending denial."""
+
+    def __init__(self, seconds: float = 6.0, alpha: float = 0.3):
+        self.seconds, self.alpha = seconds, alpha
+
+    def observe(self, result: ScanResult) -> None:
+        took = sum(result.timings.values()) if result.timings else 0.0
+        if took > 0:
+            self.seconds += self.alpha * (took - self.seconds)
+
+
+@dataclass
+class Deps:
+    """Everything a decision needs, injected so tests can swap any of it at our own seam."""
+
+    policies: Callable[[], policy_mod.PolicySet]
+    service: object                     # scans.ScanService
+    resolver: Resolver
+    key_for: Callable[..., ScanKey]     # pipeline.key(digest, content)
+    clock: Callable[[], float] = time.time   # wall clock: result ages, waiver expiry
+    estimate: Estimate = field(default_factory=Estimate)
+    error_retry_s: float = 30.0         # a transient scan error is retried after this
+    scan_workers: int = 2
+    report_url: str = ""
+    policy_root: str = ""               # Settings.policy, to name policy files in messages
+
+
+@dataclass
+class Check:
+    """One distinct image string of the object, at one or more field paths."""
+
+    image: str
+    containers: list[Container]
+    ref: images_mod.ImageRef | None = None
+    policy: policy_mod.Policy | None = None
+    digest: str = ""
+    content: ContentSpec | None = None
+    key: ScanKey | None = None
+    result: ScanResult | None = None
+    resolve: str = ""                # hit | miss | error (tag → digest)
+    cache: str = ""                  # hit | miss | stale | retry (how the result was found)
+    verdict: policy_mod.Verdict | None = None
+    glass: policy_mod.BreakGlass | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def paths(self) -> str:
+        return ", ".join(c.path for c in self.containers)
+
+    @property
+    def pinned(self) -> str:
+        """IMAGE@DIGEST of what was (or is being) scanned."""
+        return str(self.ref.pinned(self.digest)) if self.ref and self.digest else self.image
+
+
+@dataclass
+class Decision:
+    """The response plus what logs and metrics need: overall verdict and a low-cardinality
+    reason (clean, rules, pending, error, break_glass, or why no work was needed)."""
+
+    response: Response
+    verdict: str
+    reason: str
+    checks: list[Check] = field(default_factory=list)
+
+
+class Budget:
+    """The time left in this request: the apiserver's ?timeout= minus a margin for the answer."""
+
+    def __init__(self, seconds: float, now: Callable[[], float] = time.monotonic):
+        self.now = now
+        self.deadline = now() + max(0.0, seconds)
+
+    def left(self) -> float:
+        return max(0.0, self.deadline - self.now())
+
+
+# -- entry point ------------------------------------------------------------------------------
+
+def decide(req: Request, deps: Deps, budget: Budget) -> Decision:
+    """Decide one AdmissionReview request."""
+    skip = _skip_reason(req)
+    if skip:
+        return _allow(skip)
+    try:
+        containers = _containers_to_check(req)
+    except ObjectError as e:
+        denied = response.status(f"cannot read the object: {e}")
+        return Decision({"allowed": False, "status": denied}, "error", "invalid_object")
+    if containers is None:
+        return _allow("unchanged")
+    if not containers:
+        return _allow("no_containers")
+    namespace = _namespace(req)
+    checks = _plan(containers, namespace, deps)
+    if not any(c.policy for c in checks):
+        return _allow("no_policy", checks)
+    _resolve(checks, deps, budget)
+    _find_results(checks, deps, budget)
+    today = dt.datetime.fromtimestamp(deps.clock(), dt.timezone.utc).date()
+    for c in _undecided(checks):
+        c.verdict = policy_mod.evaluate(c.result, c.policy, image=str(c.ref),
+                                        namespace=namespace, today=today)
+    _break_glass(checks, req)
+    return _respond(checks, deps)
+
+
+def _allow(reason: str, checks: list[Check] | None = None) -> Decision:
+    return Decision({"allowed": True}, "skip", reason, checks or [])
+
+
+def _skip_reason(req: Request) -> str:
+    """Requests that need no work: they neither create pods nor change the images pods run."""
+    if req["operation"] not in ("CREATE", "UPDATE"):
+        return "operation"
+    sub = req.get("subResource") or ""
+    if sub and not (sub == "ephemeralcontainers" and req["kind"].get("kind") == "Pod"):
+        return "subresource"
+    if pod_spec_path(req["kind"]) is None:
+        return "not_workload"
+    return ""
+
+
+def _containers_to_check(req: Request) -> list[Container] | None:
+    """The containers to judge; None when an UPDATE runs no image it did not run before
+    (so deleting a workload, whose finalizer updates change no image, is never blocked).
+    pods/ephemeralcontainers always checks the ephemeral containers: all it can add."""
+    new = containers_of(req["kind"], req.get("object"))
+    if req.get("subResource") == "ephemeralcontainers":
+        return [c for c in new if c.list == "ephemeralContainers"]
+    if req["operation"] == "UPDATE":
+        try:
+            old = containers_of(req["kind"], req.get("oldObject"))
+        except ObjectError:
+            old = []
+        if not images_changed(new, old):
+            return None
+    return new
+
+
+def _namespace(req: Request) -> str:
+    meta = (req.get("object") or {}).get("metadata") or {}
+    return req.get("namespace") or meta.get("namespace") or "default"
+
+
+def _plan(containers: list[Container], namespace: str, deps: Deps) -> list[Check]:
+    """Group containers by image and pick each image's policy (None: not gated)."""
+    by_image: dict[str, Check] = {}
+    for c in containers:
+        by_image.setdefault(c.image, Check(c.image, [])).containers.append(c)
+    pset = deps.policies()
+    for check in by_image.values():
+        try:
+            check.ref = images_mod.parse(check.image)
+        except images_mod.ReferenceError as e:
+            check.policy = pset.select(namespace)
+            if check.policy:
+                check.verdict = policy_mod.on_state("error", check.policy, detail=str(e))
+            continue
+        check.policy = pset.select(namespace, str(check.ref))
+    return list(by_image.values())
+
+
+def _undecided(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.policy and c.verdict is None]
+
+
+# -- stages -----------------------------------------------------------------------------------
+
+def _resolve(checks: list[Check], deps: Deps, budget: Budget) -> None:
+    """Tags → platform digests, all asked at once, each answer awaited within the budget."""
+    futures = [(c, deps.resolver.start(c.ref)) for c in _undecided(checks)]
+    for c, future in futures:
+        try:
+            res = wait_resolution(future, c.ref, budget.left())
+        except RegistryError as e:
+            c.resolve = "error"
+            c.verdict = policy_mod.on_state("error", c.policy, detail=str(e))
+            continue
+        c.digest, c.resolve = res.digest, "hit" if res.cached else "miss"
+
+
+def _find_results(checks: list[Check], deps: Deps, budget: Budget) -> None:
+    """Look up every result and submit every missing scan first (early scans for all the
+    images), then wait for the missing ones within the budget."""
+    waiting: list[tuple[Check, float]] = []
+    for c in _undecided(checks):
+        try:
+            c.content = c.policy.content()
+        except ContentError as e:
+            c.verdict = policy_mod.on_state("error", c.policy, detail=str(e))
+            continue
+        c.key = deps.key_for(c.digest, c.content)
+        after = _guard(c, lambda: _lookup(c, deps))
+        if after is not None:
+            waiting.append((c, after))
+    for c, after in waiting:
+        _guard(c, lambda: _wait(c, after, deps, budget))
+
+
+def _guard(c: Check, fn: Callable[[], float | None]) -> float | None:
+    """The scan service is infrastructure: when it fails, this image is in the error state."""
+    try:
+        return fn()
+    except Exception as e:
+        c.verdict = policy_mod.on_state("error", c.policy,
+                                        detail=f"scan service unavailable: {_cut(e)}")
+        return None
+
+
+def _lookup(c: Check, deps: Deps) -> float | None:
+    """Classify the stored result and submit a scan when one is needed. Returns the
+    scanned_at a result must beat to be waited for (-1: any), or None: nothing to wait for."""
+    now = deps.clock()
+    res = deps.service.lookup(c.key)
+    if res is None:
+        c.cache = "miss"
+        return _submit(c, deps, after=-1.0)
+    c.result = res
+    if res.state == "error":
+        if res.permanent or now - res.scanned_at < deps.error_retry_s:
+            c.cache = "hit"
+            return None
+        c.cache = "retry"
+        return _submit(c, deps, after=res.scanned_at)
+    if now - res.scanned_at <= c.policy.max_scan_age_s:
+        c.cache = "hit"
+        return None
+    c.cache = "stale"
+    c.notes.append(f"scan of {c.image} is {(now - res.scanned_at) / 86400:.0f} days old; "
+                   "rescan started")
+    after = _submit(c, deps, after=res.scanned_at)
+    return after if c.policy.on_stale == "pending" else None
+
+
+def _submit(c: Check, deps: Deps, *, after: float) -> float | None:
+    job = Job(c.key, image=c.pinned, content=c.content)
+    state = (deps.service.submit(job) if after < 0
+             else deps.service.resubmit(job, after=after))
+    if state == FULL and c.cache != "stale":
+        c.verdict = policy_mod.on_state(
+            "error", c.policy, detail=f"scan queue is full; cannot scan {c.pinned} now")
+        return None
+    return after
+
+
+def _wait(c: Check, after: float, deps: Deps, budget: Budget) -> None:
+    """Wait for a result newer than `after` within the budget; else pending (or, for a
+    retried error, the error that is already known)."""
+    started = time.monotonic()
+    res = deps.service.wait(c.key, budget.left()) if after < 0 else _poll(c, after, deps, budget)
+    if res is not None:
+        c.result = res
+        deps.estimate.observe(res)
+        return
+    if c.cache == "retry":
+        return
+    c.result = None
+    hint = _retry_hint(deps, time.monotonic() - started)
+    c.verdict = policy_mod.on_state(
+        "pending", c.policy, detail=f"scan of {c.pinned} in progress, retry in about {hint} s")
+
+
+def _poll(c: Check, after: float, deps: Deps, budget: Budget) -> ScanResult | None:
+    """A rescan of a key that has a result: read past this process's cache until newer."""
+    while True:
+        deps.service.forget(c.key)
+        cur = deps.service.lookup(c.key)
+        if cur is not None and cur.scanned_at > after:
+            return cur
+        if budget.left() <= 0:
+            return None
+        time.sleep(min(POLL_S, budget.left()))
+
+
+def _retry_hint(deps: Deps, waited_s: float) -> int:
+    """Seconds until a result is likely: one scan, more when the queue is longer than the
+    workers."""
+    try:
+        depth = int(deps.service.depth())
+    except Exception:
+        depth = 0
+    rounds = max(0, depth - deps.scan_workers) / max(1, deps.scan_workers)
+    return max(1, math.ceil(deps.estimate.seconds * (1 + rounds) - waited_s))
+
+
+def _break_glass(checks: list[Check], req: Request) -> None:
+    """The `scapgate.io/break-glass` annotation: an allowed requester admits a denial loudly;
+    anyone else is denied with why (policy.break_glass decides both)."""
+    annotations = _annotations(req)
+    if policy_mod.BREAK_GLASS_ANNOTATION not in annotations:
+        return
+    for c in checks:
+        if c.policy and c.verdict:
+            c.glass = policy_mod.break_glass(c.policy, user_info=req.get("userInfo"),
+                                             annotations=annotations)
+            if c.glass:
+                c.verdict.allowed = c.glass.allowed
+
+
+def _annotations(req: Request) -> dict:
+    """The pod template's annotations and the object's (the pods carry the template's)."""
+    obj = req.get("object") or {}
+    template = obj
+    for step in (pod_spec_path(req["kind"]) or ())[:-1]:   # spec.template, spec.jobTemplate…
+        template = template.get(step) if isinstance(template, dict) else None
+    out: dict = {}
+    for holder in ([template] if template is not obj else []) + [obj]:
+        meta = holder.get("metadata") if isinstance(holder, dict) else None
+        if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
+            out.update(meta["annotations"])
+    return out
+
+
+# -- response ---------------------------------------------------------------------------------
+
+def _respond(checks: list[Check], deps: Deps) -> Decision:
+    judged = [c for c in checks if c.verdict]
+    answer, worst, reason = response.build(judged, report_url=deps.report_url,
+                                           policy_root=deps.policy_root)
+    return Decision(answer, worst, reason, checks)
+
+
+def _cut(e: Exception, limit: int = 300) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "…"

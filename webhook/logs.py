@@ -1,0 +1,79 @@
+"""One JSON line per admission decision: who asked for what, what was decided, and why.
+
+The line carries the whole decision trail, so an auditor can replay a decision without the
+server: the policy by name and sha256 of its file, the SCAP content sha256 and profile, the
+image digest, the cache path (hit or a fresh scan) and every waiver applied.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+LOGGER_NAME = "scapgate.decisions"
+_logger = logging.getLogger(LOGGER_NAME)
+
+
+def setup(stream=None) -> logging.Logger:
+    """Write decision lines as bare JSON to stderr (gunicorn passes it through)."""
+    if not _logger.handlers:
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        _logger.addHandler(handler)
+        _logger.setLevel(logging.INFO)
+        _logger.propagate = False
+    return _logger
+
+
+def record(req: dict, decision, duration_ms: float) -> dict:
+    """The log record of one decision (an admission.Decision) for one request."""
+    obj = req.get("object") or {}
+    meta = obj.get("metadata") or {}
+    kind = req.get("kind") or {}
+    checks = [c for c in decision.checks if c.policy]
+    caches = sorted({c.cache for c in checks if c.cache})
+    return {
+        "event": "admission.decided",
+        "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "uid": req.get("uid"),
+        "namespace": req.get("namespace") or meta.get("namespace") or "",
+        "kind": "/".join(p for p in (kind.get("group"), kind.get("kind")) if p),
+        "name": req.get("name") or meta.get("name") or meta.get("generateName") or "",
+        "operation": req.get("operation"),
+        "subresource": req.get("subResource") or "",
+        "dry_run": bool(req.get("dryRun")),
+        "user": (req.get("userInfo") or {}).get("username", ""),
+        "allowed": bool(decision.response.get("allowed")),
+        "verdict": decision.verdict,
+        "reason": decision.reason,
+        "reasons": sorted({r.id for c in checks if c.verdict for r in c.verdict.reasons}),
+        "cache": caches[0] if len(caches) == 1 else ("mixed" if caches else ""),
+        "duration_ms": round(duration_ms, 2),
+        "images": [_image(c) for c in checks],
+    }
+
+
+def _image(c) -> dict:
+    """One image's decision trail (policy.trail) plus how the result was found."""
+    from .policy import trail
+    out = {"paths": [x.path for x in c.containers], "image": c.image, "digest": c.digest,
+           "cache": c.cache, "resolve": c.resolve,
+           "scanned_at": c.result.scanned_at if c.result else None}
+    if c.verdict:
+        out.update(trail(c.policy, c.content, c.digest, c.verdict))
+        out["reasons"] = [f"{r.severity} {r.id}" for r in c.verdict.reasons]
+        if c.verdict.detail:
+            out["detail"] = c.verdict.detail
+    else:
+        out["policy"] = c.policy.name
+    if c.key:
+        out["scanner"] = c.key.scanner_version
+    if c.glass:
+        out["break_glass"] = {"user": c.glass.user, "via": c.glass.via,
+                              "allowed": c.glass.allowed, "reason": c.glass.reason}
+    return out
+
+
+def log_decision(rec: dict) -> None:
+    _logger.info(json.dumps(rec, separators=(",", ":"), default=str))
