@@ -358,3 +358,30 @@ def test_break_glass_annotation_is_read_from_the_pod_template_too(policies, kind
     template["metadata"]["annotations"] = {"scapgate.io/break-glass": "INC-7 rollback"}
     d = run(make_deps(policies, FakeService(finish=scan)), make_review(obj, user="oncall"))
     assert d.response["allowed"] is True and d.reason == "break_glass"
+
+
+RS_CONTROLLER = "system:serviceaccount:kube-system:replicaset-controller"
+
+
+@pytest.mark.parametrize("user, owned, allowed", [
+    (RS_CONTROLLER, True, True),
+    (RS_CONTROLLER, False, False),
+    ("mallory", True, False),
+], ids=["controller-with-owner", "controller-without-owner", "user-claiming-owner"])
+def test_pods_of_a_break_glass_owner_inherit_it_only_from_their_controller(policies, user, owned,
+                                                                         allowed):
+    """A Deployment admitted with break-glass by a listed user must be able to create its pods:
+    they come from the ReplicaSet controller, not the user. Nobody else inherits."""
+    obj = workload("Pod", pod_spec([IMG["bad"]]), namespace="team-glass",
+                   annotations={"scapgate.io/break-glass": "INC-9 rollback"})
+    if owned:
+        obj["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                               "name": "web-7d9", "uid": "u1", "controller": True}]
+    deps = make_deps(policies, FakeService(finish=scan),
+                     break_glass_controllers=frozenset({RS_CONTROLLER}))
+    d = run(deps, make_review(obj, user=user))
+    assert d.response["allowed"] is allowed
+    if allowed:
+        assert "ReplicaSet/web-7d9" in d.response["auditAnnotations"]["break-glass"]
+    else:
+        assert "break-glass refused" in message(d)

@@ -55,6 +55,9 @@ class Deps:
     scan_workers: int = 2
     report_url: str = ""
     policy_root: str = ""               # Settings.policy, to name policy files in messages
+    # Pods these controllers create from an owner's template inherit the owner's break-glass:
+    # the owner (Deployment, Job, …) was admitted here under its creator's identity.
+    break_glass_controllers: frozenset = frozenset()
 
 
 @dataclass
@@ -133,7 +136,7 @@ def decide(req: Request, deps: Deps, budget: Budget) -> Decision:
     for c in _undecided(checks):
         c.verdict = policy_mod.evaluate(c.result, c.policy, image=str(c.ref),
                                         namespace=namespace, today=today)
-    _break_glass(checks, req)
+    _break_glass(checks, req, deps)
     return _respond(checks, deps)
 
 
@@ -316,16 +319,28 @@ def _retry_hint(deps: Deps, waited_s: float) -> int:
     return max(1, math.ceil(deps.estimate.seconds * (1 + rounds) - waited_s))
 
 
-def _break_glass(checks: list[Check], req: Request) -> None:
+def _created_by_controller(req: Request, deps: Deps) -> str:
+    """The owner kind when a Pod CREATE comes from a workload controller for its owner."""
+    user = str((req.get("userInfo") or {}).get("username", ""))
+    if req.get("kind", {}).get("kind") != "Pod" or user not in deps.break_glass_controllers:
+        return ""
+    refs = ((req.get("object") or {}).get("metadata") or {}).get("ownerReferences") or []
+    owner = next((r for r in refs if isinstance(r, dict) and r.get("controller") is True), None)
+    return f"{owner.get('kind', '?')}/{owner.get('name', '?')}" if owner else ""
+
+
+def _break_glass(checks: list[Check], req: Request, deps: Deps) -> None:
     """The `scapgate.io/break-glass` annotation: an allowed requester admits a denial loudly;
     anyone else is denied with why (policy.break_glass decides both)."""
     annotations = _annotations(req)
     if policy_mod.BREAK_GLASS_ANNOTATION not in annotations:
         return
+    user_info = req.get("userInfo")
+    inherited = _created_by_controller(req, deps)
     for c in checks:
         if c.policy and c.verdict:
-            c.glass = policy_mod.break_glass(c.policy, user_info=req.get("userInfo"),
-                                             annotations=annotations)
+            c.glass = policy_mod.break_glass(c.policy, user_info=user_info,
+                                             annotations=annotations, inherited=inherited)
             if c.glass:
                 c.verdict.allowed = c.glass.allowed
 

@@ -62,6 +62,9 @@ class Settings:
     pinned_ttl_s: float = 86_400.0      # index digest → platform digest never changes; re-check daily
     error_retry_s: float = 30.0         # a transient scan error is retried by admissions after this
     scan_estimate_s: float = 6.0        # "retry in about N s" before this process timed a scan
+    break_glass_controllers: tuple = tuple(  # their Pods inherit the owner's break-glass
+        f"system:serviceaccount:kube-system:{c}-controller" for c in (
+            "replicaset", "replication", "job", "daemon-set", "statefulset"))
     report_url: str = ""                # base URL in denial messages ("" = path only)
 
     @classmethod

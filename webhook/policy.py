@@ -338,7 +338,7 @@ class BreakGlass:
 
 
 def break_glass(policy: Policy | None, *, user_info: dict | None,
-                annotations: dict | None) -> BreakGlass | None:
+                annotations: dict | None, inherited: str = "") -> BreakGlass | None:
     """None when the object carries no `scapgate.io/break-glass` annotation (or no policy
     applies, so there is nothing to bypass); otherwise who asked, whether they may, and what
     to tell them and the audit log. Names are compared exactly: no globs."""
@@ -349,6 +349,8 @@ def break_glass(policy: Policy | None, *, user_info: dict | None,
     groups = [str(g) for g in (user_info or {}).get("groups") or []]
     via = (f"user {user}" if user in policy.break_glass_users else
            next((f"group {g}" for g in groups if g in policy.break_glass_groups), ""))
+    if not via and inherited:
+        via = f"owner {inherited}, admitted with break-glass by its creator"
     record = {"policy": policy.name, "user": user, "reason": reason}
     if via and reason:
         audit = json.dumps({**record, "allowed": True, "via": via}, sort_keys=True)
