@@ -166,3 +166,17 @@ class TestDebootstrap:
         assert proc.returncode == 1
         assert "high    package_inetutils-telnetd_removed" in proc.stdout
         assert "medium  file_permissions_etc_shadow" in proc.stdout
+
+
+def test_own_oval_checks_catch_what_kernel_rules_cannot(scan, debian_images):
+    """PermitRootLogin yes passes the stock standard profile in an image (its sshd rules are
+    notapplicable); scapgate's container OVAL definitions catch it."""
+    policy = os.path.join(REPO, "policies", "examples", "container-checks.yaml")
+    proc = scan(debian_images["bad"], "--json", "--policy", policy)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    true_ids = {r["id"] for r in doc["verdict"]["reasons"] if r["kind"] == "oval"}
+    assert true_ids == {"oval:io.scapgate:def:1", "oval:io.scapgate:def:2", "oval:io.scapgate:def:3"}
+    clean = json.loads(scan(debian_images["good"], "--json", "--policy", policy).stdout)
+    assert clean["verdict"]["state"] == "pass"
+    assert {o["result"] for o in clean["result"]["oval"]} == {"false"}

@@ -108,12 +108,17 @@ def summary(outcome, pol, limit: int = 20) -> str:
             lines.append(f"  {r.severity:<7} {short}  {r.title}")
         if len(failed) > limit:
             lines.append(f"  … and {len(failed) - limit} more (--json for all)")
+    found = [o for o in res.oval if o.result == "true"]
+    if found:
+        lines.append("OVAL definitions found true (the weakness is present):")
+        for o in found[:limit]:
+            lines.append(f"  {o.id}  {o.title}")
     for r, w in v.waived:
         lines.append(f"waived:  {r.id} by {w.owner} ({w.ticket}) until {w.expires}")
     for w in v.warnings:
         lines.append(f"warning: {w}")
     word = {"pass": "ALLOW", "fail": "DENY"}.get(v.state, v.state.upper())
-    reason = "" if v.state == "pass" else f" — {len(v.reasons)} enforced rule(s) fail"
+    reason = "" if v.state == "pass" else f" — {len(v.reasons)} enforced finding(s)"
     lines.append(f"verdict: {word}{reason}")
     return "\n".join(lines)
 
