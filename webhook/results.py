@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ class ContentSpec:
     oval_sha256: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ScanKey:
     """Identity of a scan: a platform manifest digest plus everything that changes the result.
 
@@ -56,7 +57,7 @@ class ScanKey:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RuleResult:
     id: str
     title: str
@@ -64,7 +65,7 @@ class RuleResult:
     result: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OvalResult:
     id: str
     title: str
@@ -73,7 +74,7 @@ class OvalResult:
     references: tuple[str, ...] = ()
 
 
-@dataclass
+@dataclass(slots=True)
 class ScanResult:
     """Everything a verdict needs, computed once per ScanKey and kept in the store.
 
@@ -106,6 +107,24 @@ class ScanResult:
         bad = [r for r in self.rules if r.result in FAIL_RESULTS]
         return sorted(bad, key=lambda r: (-severity_rank(r.severity), r.id))
 
+    def slim(self) -> "ScanResult":
+        """What admission needs of a result, for the per-process cache: the failing rules and
+        true OVAL definitions (the rest is in the store), with shared strings interned. Keeps
+        100,000 cached results within a worker's memory budget."""
+        k = self.key
+        return ScanResult(
+            key=ScanKey(k.digest, _i(k.content_sha256), _i(k.profile), _i(k.tailoring_sha256),
+                        _i(k.scanner_version), _i(k.oval_sha256)),
+            image=self.image, state=self.state,
+            rules=[RuleResult(_i(r.id), _i(r.title), _i(r.severity), _i(r.result))
+                   for r in self.rules if r.result in FAIL_RESULTS],
+            oval=[o for o in self.oval if o.result == "true"],
+            os_release=_shared({n: v for n, v in self.os_release.items() if n in _OS_KEEP}),
+            tools=_shared(self.tools),
+            timings={"total": round(sum(self.timings.values()), 3)} if self.timings else {},
+            scanned_at=self.scanned_at, error=self.error, permanent=self.permanent,
+            score=self.score, arf_path=self.arf_path)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
 
@@ -117,6 +136,22 @@ class ScanResult:
         d["oval"] = [OvalResult(**{**o, "references": tuple(o.get("references", ()))})
                      for o in d.get("oval", [])]
         return cls(**d)
+
+
+_OS_KEEP = frozenset({"ID", "VERSION_ID"})
+_SHARED: dict = {}
+
+
+def _shared(d: dict) -> dict:
+    """One dict object for equal small dicts (os-release, tool versions) across results.
+    Callers treat results as read-only."""
+    if len(_SHARED) > 1024:
+        _SHARED.clear()
+    return _SHARED.setdefault(tuple(sorted(d.items())), d)
+
+
+def _i(text: str) -> str:
+    return sys.intern(text) if isinstance(text, str) else text
 
 
 def error_result(key: ScanKey, image: str, message: str, *, permanent: bool, now: float) -> ScanResult:

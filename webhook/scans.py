@@ -143,6 +143,7 @@ class ScanService:
             if after is not None and result.scanned_at > after:
                 del self._rescans[kid]                  # the rescan landed
                 after = None
+            result = result.slim()                     # verdict inputs only: bounded memory
             if after is None and is_final(result):     # transient errors must not stick
                 self._l1[kid] = result
         return result
