@@ -38,7 +38,7 @@ bench: deps
 	$(PY) -m benchmarks.run
 
 demo: deps certs
-	$(PY) -m scripts.demo
+	$(PY) -m scripts.demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STATE)/certs
