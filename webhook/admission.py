@@ -99,6 +99,11 @@ class Decision:
     checks: list[Check] = field(default_factory=list)
 
 
+# A pod with more distinct images than this is refused: each needs a registry call, and one
+# object must not queue thousands of them ahead of every other admission in the process.
+MAX_DISTINCT_IMAGES = 64
+
+
 class Budget:
     """The time left in this request: the apiserver's ?timeout= minus a margin for the answer."""
 
@@ -126,6 +131,11 @@ def decide(req: Request, deps: Deps, budget: Budget) -> Decision:
         return _allow("unchanged")
     if not containers:
         return _allow("no_containers")
+    if len({c.image for c in containers}) > MAX_DISTINCT_IMAGES:
+        denied = response.status(
+            f"the object names more than {MAX_DISTINCT_IMAGES} distinct images; "
+            "scapgate judges at most that many per object")
+        return Decision({"allowed": False, "status": denied}, "error", "too_many_images")
     namespace = _namespace(req)
     checks = _plan(containers, namespace, deps)
     if not any(c.policy for c in checks):
@@ -174,8 +184,14 @@ def _containers_to_check(req: Request) -> list[Container] | None:
 
 
 def _namespace(req: Request) -> str:
-    meta = (req.get("object") or {}).get("metadata") or {}
-    return req.get("namespace") or meta.get("namespace") or "default"
+    """The request's namespace, else the object's; anything but a string counts as absent."""
+    ns = req.get("namespace")
+    if isinstance(ns, str) and ns:
+        return ns
+    obj = req.get("object")
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    ns = meta.get("namespace") if isinstance(meta, dict) else None
+    return ns if isinstance(ns, str) and ns else "default"
 
 
 def _plan(containers: list[Container], namespace: str, deps: Deps) -> list[Check]:

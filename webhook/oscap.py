@@ -11,6 +11,7 @@ import gzip
 import os
 import re
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 
@@ -91,13 +92,44 @@ def _env(root: str, apt_conf: str) -> dict[str, str]:
 
 def _run(cmd: list[str], env: dict[str, str], timeout: float, what: str,
          cwd: str) -> subprocess.CompletedProcess:
+    """Run in its own process group, killed whole on timeout: children it started (a wrapper
+    script's, a probe helper's) would otherwise live on after the timeout, unbounded."""
     try:
-        return subprocess.run(cmd, capture_output=True, env=env, timeout=timeout, cwd=cwd,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as e:
-        raise ScanError(f"{what} took longer than {timeout:.0f} s") from e
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                cwd=cwd, stdin=subprocess.DEVNULL, start_new_session=True)
     except FileNotFoundError as e:
         raise ScanError("oscap is not installed") from e
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise ScanError(f"{what} took longer than {timeout:g} s") from e
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+_PERMANENT = ("no profile matching", "unable to parse xml", "parser error", "no such file",
+              "unknown profile")
+
+
+def failure(what: str, proc: subprocess.CompletedProcess) -> ScanError:
+    """The ScanError for a failed oscap run: a crash or a full disk may pass (transient); broken
+    content or a wrong profile fails the same way every time for this key (permanent)."""
+    err = proc.stderr.decode(errors="replace").strip()[-STDERR_LIMIT:]
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = str(-proc.returncode)
+        return ScanError(f"{what} was killed by signal {name}: {err}".rstrip(": "))
+    if "no space left on device" in err.lower():
+        return ScanError(f"scratch space is full while running {what}: {err}")
+    permanent = any(s in err.lower() for s in _PERMANENT)
+    return ScanError(f"{what} failed (exit {proc.returncode}): {err}", permanent=permanent)
 
 
 def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettings,
@@ -114,10 +146,7 @@ def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettin
     cmd.append(content.datastream)
     proc = _run(cmd, _env(root, apt_conf), settings.timeout_s, "oscap xccdf eval", work)
     if proc.returncode not in (0, 2) or not os.path.exists(arf):
-        err = proc.stderr.decode(errors="replace").strip()[-STDERR_LIMIT:]
-        permanent = "profile" in err.lower() or "no such file" in err.lower()
-        raise ScanError(f"oscap xccdf eval failed (exit {proc.returncode}): {err}",
-                        permanent=permanent)
+        raise failure("oscap xccdf eval", proc)
     return arf
 
 
@@ -154,14 +183,15 @@ def oval_eval(root: str, work: str, definitions: str, settings: OscapSettings,
     cmd = ["oscap", "oval", "eval", "--skip-valid", "--results", results, definitions]
     proc = _run(cmd, _env(root, apt_conf), settings.timeout_s, "oscap oval eval", work)
     if proc.returncode != 0 or not os.path.exists(results):
-        err = proc.stderr.decode(errors="replace").strip()[-STDERR_LIMIT:]
-        raise ScanError(f"oscap oval eval of {os.path.basename(definitions)} failed "
-                        f"(exit {proc.returncode}): {err}")
+        raise failure(f"oscap oval eval of {os.path.basename(definitions)}", proc)
     return parse_oval(results)
 
 
 def parse_oval(results: str) -> list[OvalResult]:
-    tree = etree.parse(results, _PARSER)
+    try:
+        tree = etree.parse(results, _PARSER)
+    except etree.XMLSyntaxError as e:
+        raise ScanError(f"oscap wrote unreadable OVAL results: {e}") from e
     meta = {}
     for d in tree.iterfind(".//oval-def:definitions/oval-def:definition", NS):
         title = d.findtext("oval-def:metadata/oval-def:title", "", NS).strip()

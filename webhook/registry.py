@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
@@ -47,6 +49,17 @@ class Unreachable(RegistryError):
     """Connection refused, DNS, TLS handshake, timeout: worth retrying later."""
 
 
+class DigestMismatch(RegistryError):
+    """The registry sent bytes that do not match the digest the manifest names: its storage is
+    corrupt or something in between tampers with it. Nothing is kept; a retry may succeed."""
+
+
+class TooLarge(RegistryError):
+    """A blob, as declared by the manifest or as sent, is past the unpack byte limit."""
+
+    permanent = True
+
+
 class PlatformMissing(RegistryError):
     """An image index without a manifest for the platform the nodes run."""
 
@@ -69,14 +82,31 @@ def _cut(text: str) -> str:
     return text if len(text) <= STDERR_LIMIT else text[:STDERR_LIMIT] + "…"
 
 
+# Status codes are matched as words: ports and hex digests in skopeo's messages hold "401" too.
+_AUTH_RE = re.compile(r"unauthorized|authentication required|invalid username/password|"
+                      r"access to the resource is denied|\bdenied:|\b(?:401|403)\b")
+_LOCAL_RE = re.compile(r"(?:open|mkdir|rename|remove|write) /\S*: (?:permission denied|"
+                       r"read-only file system)")
+_NOT_FOUND_RE = re.compile(r"manifest unknown|name unknown|blob unknown|not found|\b404\b")
+
+
 def classify(ref: ImageRef, stderr: str) -> RegistryError:
     """Turn skopeo's stderr into the error a developer can act on."""
     low = stderr.lower()
-    if any(s in low for s in ("unauthorized", "authentication required", "denied", "401", "403",
-                              "invalid username/password")):
+    if "digest did not match" in low or "digest mismatch" in low:
+        return DigestMismatch(f"registry {ref.registry} sent data for {ref} that does not match "
+                              f"its digest (corrupt storage or tampering): {_cut(stderr)}")
+    if "file too large" in low:
+        return TooLarge(f"registry {ref.registry} sent a blob of {ref} larger than its manifest "
+                        "declares or than the unpack limit")
+    if "no space left on device" in low:
+        return RegistryError(f"the state directory is full while fetching {ref}: {_cut(stderr)}")
+    if _LOCAL_RE.search(low):
+        return RegistryError(f"cannot write the image cache while fetching {ref}: {_cut(stderr)}")
+    if _AUTH_RE.search(low):
         return AuthError(f"no valid credentials for registry {ref.registry} "
                          f"(repository {ref.repository}): {_cut(stderr)}")
-    if any(s in low for s in ("manifest unknown", "name unknown", "not found", "404")):
+    if _NOT_FOUND_RE.search(low):
         return NotFound(f"image {ref} not found: {_cut(stderr)}")
     return Unreachable(f"registry {ref.registry} unreachable: {_cut(stderr)}")
 
@@ -111,15 +141,20 @@ class Registry:
                 args.append(f"--{prefix}cert-dir={d}")
         return args
 
-    def _run(self, ref: ImageRef, args: list[str], timeout: float | None = None) -> bytes:
+    def _run(self, ref: ImageRef, args: list[str], timeout: float | None = None,
+             max_file_bytes: int | None = None) -> bytes:
         timeout = timeout or self.settings.timeout_s
+        if shutil.which("skopeo") is None:
+            raise RegistryError("skopeo is not installed")
+        cmd = ["skopeo", *args]
+        prlimit = shutil.which("prlimit") if max_file_bytes else None
+        if prlimit:
+            cmd = [prlimit, f"--fsize={max_file_bytes}", "--", *cmd]
         try:
-            proc = subprocess.run(["skopeo", *args], capture_output=True, timeout=timeout,
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as e:
-            raise Unreachable(f"registry {ref.registry} did not answer within {timeout:.0f} s") from e
-        except FileNotFoundError as e:
-            raise RegistryError("skopeo is not installed") from e
+            raise Unreachable(f"registry {ref.registry} did not answer within {timeout:g} s") from e
         if proc.returncode != 0:
             raise classify(ref, proc.stderr.decode(errors="replace"))
         return proc.stdout
@@ -153,16 +188,20 @@ class Registry:
         return pick_platform(doc, platform or self.settings.platform, ref), top
 
     def copy(self, ref: ImageRef, layout: str, tag: str, blob_dir: str, *,
-             docker_config: dict | None = None) -> None:
+             docker_config: dict | None = None, max_blob_bytes: int | None = None) -> None:
         """Fetch one platform manifest into an OCI layout whose blobs live in a shared,
-        content-addressed directory, so a layer shared by two images is fetched once."""
+        content-addressed directory, so a layer shared by two images is fetched once.
+
+        skopeo does not hold a registry to the sizes its manifest declares (an endless blob is
+        written until the digest check at its end), so max_blob_bytes caps every file it
+        writes (RLIMIT_FSIZE)."""
         with auth_file(docker_config, self.settings.auth_file) as af:
             args = ["copy", "--quiet", "--retry-times=1", *self._tls_args(ref, "src-"),
                     f"--dest-shared-blob-dir={blob_dir}"]
             if af:
                 args.append(f"--src-authfile={af}")
             self._run(ref, [*args, ref.transport(), f"oci:{layout}:{tag}"],
-                      timeout=self.settings.timeout_s * 4)
+                      timeout=self.settings.timeout_s * 4, max_file_bytes=max_blob_bytes)
 
 
 def pick_platform(index: dict, platform: str, ref: ImageRef) -> str:

@@ -37,8 +37,17 @@ def build(judged: list, *, report_url: str = "",
     return resp, worst, reason
 
 
+MESSAGE_LIMIT = 8192   # a denial is read in a terminal and copied into events
+
+
 def status(message: str) -> dict:
+    if len(message) > MESSAGE_LIMIT:
+        message = message[:MESSAGE_LIMIT - 1] + "…"
     return {"code": 403, "reason": "Forbidden", "message": message}
+
+
+def _cut(text: str, limit: int = 256) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def denial_message(denied: list, *, report_url: str = "", policy_root: str = "") -> str:
@@ -56,8 +65,8 @@ def describe(c, report_url: str, policy_root: str) -> str:
     if v.state == "pending":
         return f"{c.paths}: {v.detail}"
     if v.state == "error":
-        return f"{c.paths}: {c.image} cannot be scanned under policy {p.name}: {v.detail}"
-    lines = [f"{c.paths}: {c.image} ({c.digest}) fails policy {p.name}, "
+        return f"{c.paths}: {_cut(c.image)} cannot be scanned under policy {p.name}: {v.detail}"
+    lines = [f"{c.paths}: {_cut(c.image)} ({c.digest}) fails policy {p.name}, "
              f"profile {p.profile.rsplit('_profile_', 1)[-1]}:"]
     lines += [f"  {r.severity:<6} {r.id}  {r.title}" for r in v.reasons[:RULES_SHOWN]]
     if len(v.reasons) > RULES_SHOWN:

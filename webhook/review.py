@@ -107,7 +107,8 @@ def _check_request(req: dict) -> None:
     uid = req.get("uid")
     if not isinstance(uid, str) or not uid or len(uid) > MAX_UID:
         raise ReviewError("request.uid missing or not a string")
-    if req.get("operation") not in OPERATIONS:
+    op = req.get("operation")
+    if not isinstance(op, str) or op not in OPERATIONS:
         raise ReviewError(f"request.operation must be one of {', '.join(sorted(OPERATIONS))}")
     kind = req.get("kind")
     if not isinstance(kind, dict) or not isinstance(kind.get("kind"), str):

@@ -208,6 +208,7 @@ def check_limits(layout: str, tag: str, limits: UnpackLimits) -> LayerStats:
         path = _blob_file(layout, digest)
         declared, actual = layer.get("size"), os.path.getsize(path)
         if declared != actual:
+            verify_blobs(layout, tag)   # a truncated cached blob is ours to fetch again
             raise UnpackError(f"layer {digest[:19]} is {actual} bytes but the image manifest "
                               f"declares {declared!r:.20}: the manifest does not match its layers")
         stats = check_layer(path, digest, limits, used)
@@ -260,6 +261,10 @@ def unpack(layout: str, tag: str, rootfs: str, limits: UnpackLimits) -> LayerSta
     the root (rootfs.confine) so host-side tools cannot be led out of it."""
     from .rootfs import confine
     stats = check_limits(layout, tag, limits)
+    need, free = stats.bytes + stats.files * 4096, _free_bytes(rootfs)
+    if need > free:     # umoci 0.4.7 may panic instead of saying ENOSPC: say it first
+        raise UnpackError(f"scratch space is full: the image needs up to {need} bytes, "
+                          f"{free} are free", permanent=False)
     if shutil.which("umoci") is None:
         raise UnpackError("umoci is not installed", permanent=False)
     cmd = ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", rootfs]
@@ -274,6 +279,9 @@ def unpack(layout: str, tag: str, rootfs: str, limits: UnpackLimits) -> LayerSta
         low = err.lower()
         if "no space left" in low or "disk quota" in low:
             raise UnpackError("scratch space is full while unpacking the image", permanent=False)
+        if "panic:" in low:     # umoci 0.4.7 also panics ("d.nx != 0") on some write errors
+            first = next((ln for ln in err.splitlines() if "panic:" in ln), "")
+            raise UnpackError(f"umoci crashed: {first.strip()[:200]}", permanent=False)
         if "file too large" in low:
             raise UnpackError(f"a file in the image is larger than the limit of "
                               f"{limits.max_bytes} bytes")
@@ -284,6 +292,15 @@ def unpack(layout: str, tag: str, rootfs: str, limits: UnpackLimits) -> LayerSta
         raise UnpackError(f"umoci could not unpack the image: {_umoci_error(err)}")
     confine(rootfs, limits)
     return stats
+
+
+def _free_bytes(path: str) -> int:
+    """Bytes available to us on the filesystem that will hold path (its nearest parent)."""
+    probe = path
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe or "/")
+    return st.f_bavail * st.f_frsize
 
 
 def _umoci_error(stderr: str) -> str:
