@@ -196,6 +196,18 @@ def test_on_reload_listeners_get_the_new_set(cm):
     assert got == [store.current()]
 
 
+@pytest.mark.parametrize("bad", ["apiVersion: [", "kind: ImagePolicy\n"], ids=["yaml", "schema"])
+def test_on_error_listeners_hear_each_refused_change_once(cm, bad):
+    """What the scapgate_policy_reloads{result="error"} metric counts."""
+    store = PolicyStore(cm.root, check=None)
+    errors = []
+    store.on_error(errors.append)
+    cm.publish({"default.yaml": bad})
+    store.check()
+    store.check()
+    assert len(errors) == 1 and errors[0] == store.last_error
+
+
 def test_watching_continues_in_a_forked_child(cm):
     """gunicorn --preload forks workers after create_app started the watcher."""
     store = PolicyStore(cm.root, interval_s=0.01, check=None).start()

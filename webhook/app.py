@@ -64,7 +64,10 @@ def _policy_source(policies, settings: Settings):
     By default the policy path is watched and a valid change replaces the set in force."""
     if policies is None:
         from .policy_watch import PolicyStore
-        store = PolicyStore(settings.policy).start()
+        store = PolicyStore(settings.policy)
+        store.on_reload(lambda _set: metrics.POLICY_RELOADS.labels("ok").inc())
+        store.on_error(lambda _error: metrics.POLICY_RELOADS.labels("error").inc())
+        store.start()
         return store.current, store.status
     if isinstance(policies, policy_mod.PolicySet):
         return (lambda: policies), None

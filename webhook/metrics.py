@@ -25,6 +25,8 @@ CACHE = Counter("scapgate_decision_results",
                 "How admission found each image's result: hit, miss (scan submitted), stale "
                 "(rescan submitted), retry (transient error retried)", ["result"])
 RESOLVES = Counter("scapgate_resolves", "Tag to digest resolutions: hit, miss, error", ["result"])
+POLICY_RELOADS = Counter("scapgate_policy_reloads",
+                         "Policy directory changes: applied (ok) or refused (error)", ["result"])
 BAD_REQUESTS = Counter("scapgate_bad_requests", "Requests answered with HTTP 400")
 # Scans started / finished / failed, their duration and the queue depth are counted where
 # scans run and are queued: scans.py and worker.py (same PROMETHEUS_MULTIPROC_DIR).

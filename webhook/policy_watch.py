@@ -89,6 +89,7 @@ class PolicyStore:
         self.last_error: str | None = None    # why the last change was refused; None once fixed
         self.last_error_at: float | None = None
         self._listeners: list[Callable[[P.PolicySet], None]] = []
+        self._error_listeners: list[Callable[[str], None]] = []
         self._failed: tuple = ()
         sig = signature(path)
         self._set = self._load()
@@ -152,6 +153,12 @@ class PolicyStore:
         self.last_error = error
         self.last_error_at = self.clock()
         log.error("policy reload refused, previous policies stay in force: %s", error)
+        for fn in list(self._error_listeners):
+            fn(error)
+
+    def on_error(self, fn: Callable[[str], None]) -> None:
+        """Call fn(error) once for each refused change (e.g. to count it in a metric)."""
+        self._error_listeners.append(fn)
 
     def on_reload(self, fn: Callable[[P.PolicySet], None]) -> None:
         """Call fn(new_set) after each successful reload (e.g. to log or reset a metric)."""
