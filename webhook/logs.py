@@ -28,22 +28,23 @@ def setup(stream=None) -> logging.Logger:
 
 def record(req: dict, decision, duration_ms: float) -> dict:
     """The log record of one decision (an admission.Decision) for one request."""
-    obj = req.get("object") or {}
-    meta = obj.get("metadata") or {}
-    kind = req.get("kind") or {}
+    obj = req.get("object") if isinstance(req.get("object"), dict) else {}
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
+    info = req.get("userInfo") if isinstance(req.get("userInfo"), dict) else {}
     checks = [c for c in decision.checks if c.policy]
     caches = sorted({c.cache for c in checks if c.cache})
     return {
         "event": "admission.decided",
         "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "uid": req.get("uid"),
-        "namespace": req.get("namespace") or meta.get("namespace") or "",
+        "namespace": _cut(req.get("namespace") or meta.get("namespace") or ""),
         "kind": "/".join(p for p in (kind.get("group"), kind.get("kind")) if p),
-        "name": req.get("name") or meta.get("name") or meta.get("generateName") or "",
+        "name": _cut(req.get("name") or meta.get("name") or meta.get("generateName") or ""),
         "operation": req.get("operation"),
         "subresource": req.get("subResource") or "",
         "dry_run": bool(req.get("dryRun")),
-        "user": (req.get("userInfo") or {}).get("username", ""),
+        "user": _cut(info.get("username", "")),
         "allowed": bool(decision.response.get("allowed")),
         "verdict": decision.verdict,
         "reason": decision.reason,
@@ -54,10 +55,18 @@ def record(req: dict, decision, duration_ms: float) -> dict:
     }
 
 
+def _cut(value, limit: int = 256):
+    """Log lines stay bounded whatever strings a request carries."""
+    if not isinstance(value, str):
+        return value if isinstance(value, (int, float, bool, type(None))) else str(type(value).__name__)
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 def _image(c) -> dict:
     """One image's decision trail (policy.trail) plus how the result was found."""
     from .policy import trail
-    out = {"paths": [x.path for x in c.containers], "image": c.image, "digest": c.digest,
+    out = {"paths": [x.path for x in c.containers[:16]], "image": _cut(c.image),
+           "digest": c.digest,
            "cache": c.cache, "resolve": c.resolve,
            "scanned_at": c.result.scanned_at if c.result else None}
     if c.verdict:
