@@ -87,8 +87,11 @@ def _routes(app: Flask, deps: admission.Deps, settings: Settings, policy_status)
             return jsonify(review.error_body(str(e))), e.status
         budget = admission.Budget(parse_timeout(request.args.get("timeout")) - settings.margin_s)
         decision = _decide(req, deps, budget)
-        _account(req, decision, time.perf_counter() - t0)
-        return jsonify(review.encode(req["uid"], decision.response))
+        seconds = time.perf_counter() - t0
+        resp = jsonify(review.encode(req["uid"], decision.response))
+        # Metrics and the log line run once the answer is written: off the apiserver's clock.
+        resp.call_on_close(lambda: _account(req, decision, seconds))
+        return resp
 
     @app.get("/healthz")
     def healthz():
