@@ -20,7 +20,7 @@ from docker.errors import APIError, DockerException, ImageNotFound
 
 from .engine import Outcome
 from .images import DAEMON, ImageRef
-from .pipeline import Pipeline
+from .pipeline import Pipeline, Stages
 from .policy import Policy, evaluate
 from .registry import NotFound, Unreachable
 from .results import error_result
@@ -90,15 +90,8 @@ def scan_daemon_image(name: str, policy: Policy, pipeline: Pipeline, *, namespac
                       progress: Callable[[str, float], None] | None = None) -> Outcome:
     """Scan an image held by a Docker daemon (create + export, never start)."""
     content = policy.content()
-    timings: dict[str, float] = {}
-
-    def stage(label, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        timings[label] = round(time.perf_counter() - t0, 3)
-        if progress:
-            progress(label, timings[label])
-        return out
+    stage = Stages(progress)
+    timings = stage.timings
 
     os.makedirs(pipeline.settings.scratch_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="scapgate-daemon-", dir=pipeline.settings.scratch_dir)

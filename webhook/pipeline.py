@@ -38,6 +38,23 @@ class PipelineSettings:
     oscap: oscap.OscapSettings = field(default_factory=oscap.OscapSettings)
 
 
+class Stages:
+    """Runs and times named stages: `stage("unpack", fn, *args)`; times land in `.timings`
+    and are reported to `progress` as each stage ends."""
+
+    def __init__(self, progress: Progress | None = None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        if self.progress:
+            self.progress(name, self.timings[name])
+        return out
+
+
 class Pipeline:
     """Turns (image at digest, content) into a ScanResult. Thread-safe; holds no per-scan state."""
 
@@ -124,15 +141,8 @@ class Pipeline:
         """Scan a digest-pinned image. Failures come back as an error ScanResult (a value),
         so callers store them; only programming errors raise."""
         key = key or self.key(ref.digest, content)
-        timings: dict[str, float] = {}
-
-        def stage(name: str, fn, *args):
-            t0 = time.perf_counter()
-            out = fn(*args)
-            timings[name] = round(time.perf_counter() - t0, 3)
-            if progress:
-                progress(name, timings[name])
-            return out
+        stage = Stages(progress)
+        timings = stage.timings
 
         work = None
         try:
