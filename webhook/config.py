@@ -44,6 +44,8 @@ class Settings:
     lease_s: float = 60.0               # a scan claim expires unless renewed (dead worker)
     scan_attempts: int = 3              # tries of a transiently failing scan before its error is stored
     retry_backoff_s: float = 5.0        # wait before retry n: this × 2^(n-1), capped at 300 s
+    oci_cache_bytes: int = 2 << 30      # fetched layouts kept for rescans and shared layers
+    reports_bytes: int = 512 << 20      # ARF/HTML reports kept; oldest deleted past this
     l1_size: int = 100_000              # per-process TTL cache entries
     l1_ttl_s: float = 300.0             # how long a process trusts its own copy of a result
     resolve_ttl_s: float = 30.0         # tag → digest answers are reused this long
@@ -58,6 +60,8 @@ class Settings:
     embedded_workers: bool = True       # serve starts `workers` scan workers; false when
                                         # `scapgate worker` runs as its own Deployment
     keepalive_s: int = 95               # > Go's 90 s idle timeout: the apiserver closes, not us
+    request_read_timeout_s: float = 10.0  # TLS handshake + whole request, from its first byte;
+                                        # read without a thread (webhook/gworker.py)
     resolve_cache_size: int = 10_000    # tag → digest answers kept per process
     pinned_ttl_s: float = 86_400.0      # index digest → platform digest never changes; re-check daily
     error_retry_s: float = 30.0         # a transient scan error is retried by admissions after this

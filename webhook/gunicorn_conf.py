@@ -4,7 +4,9 @@
 
 gthread workers on purpose: kube-apiserver keeps its connections open, and gthread honours
 keep-alive, so a review costs no TLS handshake (≈2,200 reviews/s measured, against ≈180 with
-the default sync workers, which close every connection). Threads, not processes, absorb
+the default sync workers, which close every connection). Our subclass (webhook/gworker.py)
+reads each request in the event loop and gives it a thread only once it is whole: slow
+clients cannot hold the threads. Threads, not processes, absorb
 requests that wait for a scan. Scans run in `scapgate worker` processes that the master starts
 and stops (unless Settings.embedded_workers is off). The TLS context is rebuilt when the
 certificate files change (certs.ReloadingContext): a renewed certificate needs no restart.
@@ -16,11 +18,13 @@ import shutil
 
 from webhook.certs import ReloadingContext
 from webhook.config import Settings
+from webhook.gworker import ReadyThreadWorker
 
 _settings = Settings.from_env()
+ReadyThreadWorker.request_read_timeout_s = _settings.request_read_timeout_s
 
 bind = [_settings.bind]
-worker_class = "gthread"
+worker_class = "webhook.gworker.ReadyThreadWorker"   # gthread, threads only for whole requests
 workers = max(1, _settings.http_workers)
 threads = max(1, _settings.http_threads)
 keepalive = _settings.keepalive_s
