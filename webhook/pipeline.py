@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import oscap
+from .diskcache import OciCache, trim_reports
 from .images import ImageRef
 from .registry import Registry, RegistryError, TooLarge
 from .results import ContentSpec, ScanKey, ScanResult, error_result
 from .unpack import CorruptBlob, UnpackError, UnpackLimits, image_config, unpack
 
+log = logging.getLogger("scapgate.pipeline")
 PIPELINE_VERSION = "2"  # 2: image arch given to apt; notselected rules dropped
 Progress = Callable[[str, float], None]
 
@@ -36,6 +39,8 @@ class PipelineSettings:
     scratch_dir: str = field(default_factory=_default_scratch)  # tmpfs: unpack is 3-4x faster
     limits: UnpackLimits = field(default_factory=UnpackLimits)
     oscap: oscap.OscapSettings = field(default_factory=oscap.OscapSettings)
+    oci_cache_bytes: int = 2 << 30                  # OCI layouts kept for rescans/shared layers
+    reports_bytes: int = 512 << 20                  # ARF/HTML reports kept for /reports
 
 
 class Stages:
@@ -63,14 +68,22 @@ class Pipeline:
         self.settings = settings
         self.registry = registry or Registry()
         self.clock = clock
-        self._scanner_version: str | None = None
+        self._oscap_version: str | None = None
         self._layout_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.cache = OciCache(settings.state_dir, settings.oci_cache_bytes)
+
+    def oscap_version(self) -> str:
+        """`oscap --version`, asked once per process (it costs a subprocess)."""
+        if self._oscap_version is not None:
+            return self._oscap_version
+        found = oscap.version()
+        if found not in ("missing", "unknown"):    # asked again once oscap is back
+            self._oscap_version = found
+        return found
 
     def scanner_version(self) -> str:
-        if self._scanner_version is None:
-            self._scanner_version = f"openscap-{oscap.version()}+scapgate-pipeline-{PIPELINE_VERSION}"
-        return self._scanner_version
+        return f"openscap-{self.oscap_version()}+scapgate-pipeline-{PIPELINE_VERSION}"
 
     def key(self, digest: str, content: ContentSpec) -> ScanKey:
         return ScanKey(digest=digest, content_sha256=content.datastream_sha256,
@@ -87,9 +100,11 @@ class Pipeline:
         name = ref.digest.replace(":", "-")
         layout = os.path.join(oci, "layouts", name)
         if os.path.exists(os.path.join(layout, "index.json")):
+            self.cache.touch(layout)
             return layout, "image"
         with self._lock_for(name):
             if os.path.exists(os.path.join(layout, "index.json")):
+                self.cache.touch(layout)
                 return layout, "image"
             os.makedirs(os.path.join(oci, "layouts"), exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(oci, "layouts"))
@@ -148,8 +163,11 @@ class Pipeline:
         try:
             os.makedirs(self.settings.scratch_dir, exist_ok=True)
             work = tempfile.mkdtemp(prefix="scapgate-scan-", dir=self.settings.scratch_dir)
-            layout, tag = stage("fetch", self.fetch, ref, docker_config)
-            return self.evaluate(layout, tag, work, ref, content, key, timings, stage)
+            with self.cache.in_use():           # no trim deletes the layout before it is unpacked
+                layout, tag = stage("fetch", self.fetch, ref, docker_config)
+                arch = self.unpack(layout, tag, work, stage)
+            return self.evaluate(layout, tag, work, ref, content, key, timings, stage,
+                                 arch=arch)
         except CorruptBlob as e:
             self.forget(ref.digest)
             return error_result(key, str(ref), str(e), permanent=False, now=self.clock())
@@ -164,13 +182,30 @@ class Pipeline:
         finally:
             if work:
                 shutil.rmtree(work, ignore_errors=True)
+            self.trim()
+
+    def trim(self) -> None:
+        """Keep the OCI cache and the reports within their byte budgets (diskcache.py)."""
+        try:
+            self.cache.trim()
+            trim_reports(os.path.join(self.settings.state_dir, "reports"),
+                         self.settings.reports_bytes)
+        except OSError as e:                    # a full or read-only state disk: scans go on
+            log.warning("cache trim failed: %s", e)
+
+    def unpack(self, layout: str, tag: str, work: str, stage) -> str:
+        """Unpack a layout into work/rootfs; returns the image architecture."""
+        stage("unpack", unpack, layout, tag, os.path.join(work, "rootfs"), self.settings.limits)
+        return image_arch(layout, tag)
 
     def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSpec,
-                 key: ScanKey, timings: dict[str, float], stage) -> ScanResult:
-        """Unpack a layout already on disk and run the content against it."""
+                 key: ScanKey, timings: dict[str, float], stage, *,
+                 arch: str | None = None) -> ScanResult:
+        """Run the content against work/rootfs, unpacking the layout first unless the caller
+        did (arch given)."""
         root = os.path.join(work, "rootfs")
-        stage("unpack", unpack, layout, tag, root, self.settings.limits)
-        arch = image_arch(layout, tag)
+        if arch is None:
+            arch = self.unpack(layout, tag, work, stage)
         arf = stage("evaluate", oscap.xccdf_eval, root, work, content, self.settings.oscap, arch)
         rules, score = stage("parse", oscap.parse_arf, arf)
         ovals = []
@@ -186,9 +221,10 @@ class Pipeline:
                 "no rule passed or failed", permanent=True)
         reports = os.path.join(self.settings.state_dir, "reports")
         os.makedirs(reports, exist_ok=True)
-        arf_path = oscap.compress(arf, os.path.join(reports, f"{key.id()}.arf.xml.gz"))
+        arf_path = stage("store", oscap.compress, arf,
+                         os.path.join(reports, f"{key.id()}.arf.xml.gz"))
         return ScanResult(key=key, image=str(ref), rules=rules, oval=ovals, os_release=osr,
-                          tools={"oscap": oscap.version(), "pipeline": PIPELINE_VERSION,
+                          tools={"oscap": self.oscap_version(), "pipeline": PIPELINE_VERSION,
                                  "content": os.path.basename(content.datastream)},
                           timings=timings, scanned_at=self.clock(), score=score,
                           arf_path=arf_path)

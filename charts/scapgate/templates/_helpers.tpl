@@ -106,6 +106,10 @@ true
   value: {{ $c.registryTimeoutSeconds | quote }}
 - name: SCAPGATE_MAX_UNPACK_BYTES
   value: {{ $c.maxUnpackBytes | int64 | quote }}
+- name: SCAPGATE_OCI_CACHE_BYTES
+  value: {{ $c.ociCacheBytes | int64 | quote }}
+- name: SCAPGATE_REPORTS_BYTES
+  value: {{ $c.reportsBytes | int64 | quote }}
 - name: SCAPGATE_REPORT_URL
   value: {{ $c.reportUrl | quote }}
 {{- if .Values.registries.authSecret }}
