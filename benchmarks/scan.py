@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .common import PY, REPO, SCAPGATE, Section, f, fr, log, median, ratio
 
-STAGES = ("resolve", "fetch", "unpack", "evaluate", "parse")
+STAGES = ("resolve", "fetch", "unpack", "evaluate", "parse", "store")
 PROFILE = "xccdf_org.ssgproject.content_profile_standard"
 _PROGRESS = re.compile(r"^scapgate: (\w+)\s+([\d.]+) s$")
 
@@ -132,41 +132,39 @@ def run_child(state: Path, policy: Path, refs: list[str], registry_host: str) ->
 # -- improvement experiments on the unpack stage --------------------------------------------
 
 def walk_experiment(layout: str, tag: str, rounds: int) -> dict:
-    """The layer walk before umoci (unpack.check_limits, fresh check cache) as it is, against
-    the same walk reading the gzip stream through isal's igzip (ISA-L inflate) instead of the
-    gzip module, and against a header-only zlib walk (benchmarks/walk_proto.py); umoci raw
-    unpack alone for scale. Interleaved; every variant must find the same files and bytes."""
+    """The unpack stage before and after this change, same layer, fresh check cache each time:
+    the layer walk through the gzip module (before) and through isal's igzip (now), the
+    header-only zlib prototype (benchmarks/walk_proto.py), umoci alone for scale, and the whole
+    stage as it was (walk, then umoci) against unpack.unpack as it is (the walk beside umoci,
+    then rootfs.confine). Interleaved; every walk must find the same files and bytes."""
+    import gzip
     from webhook import unpack as up
     from . import walk_proto
     limits = up.UnpackLimits()
     layers = up.layers_of(layout, tag)
     blobs = [up._blob_file(layout, x["digest"]) for x in layers]
-    try:
-        from isal import igzip
-    except ImportError:
-        igzip = None
-    stock_uncompressed = up._uncompressed
+    now_uncompressed = up._uncompressed
 
-    def isal_uncompressed(stack, path):
+    def gzip_uncompressed(stack, path):
         fh = stack.enter_context(open(path, "rb"))
         magic = fh.read(2)
         fh.seek(0)
         if magic == b"\x1f\x8b":
-            return stack.enter_context(igzip.GzipFile(fileobj=fh, mode="rb"))
-        return stock_uncompressed(stack, path)
+            return stack.enter_context(gzip.GzipFile(fileobj=fh, mode="rb"))
+        return now_uncompressed(stack, path)
 
-    def stock():
+    def walk_gzip():
         up._checked.clear()
-        st = up.check_limits(layout, tag, limits)
-        return st.files, st.bytes
-
-    def with_isal():
-        up._checked.clear()
-        up._uncompressed = isal_uncompressed
+        up._uncompressed = gzip_uncompressed
         try:
             st = up.check_limits(layout, tag, limits)
         finally:
-            up._uncompressed = stock_uncompressed
+            up._uncompressed = now_uncompressed
+        return st.files, st.bytes
+
+    def walk_isal():
+        up._checked.clear()
+        st = up.check_limits(layout, tag, limits)
         return st.files, st.bytes
 
     def header_walk():
@@ -176,21 +174,37 @@ def walk_experiment(layout: str, tag: str, rounds: int) -> dict:
             files, size = files + n, size + s
         return files, size
 
-    def umoci():
-        scratch = tempfile.mkdtemp(prefix="unpack-", dir="/dev/shm")
-        try:
-            subprocess.run(["umoci", "raw", "unpack", "--image", f"{layout}:{tag}",
-                            os.path.join(scratch, "rootfs")], check=True, capture_output=True,
-                           timeout=300)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return None
+    def umoci(scratch):
+        subprocess.run(["umoci", "raw", "unpack", "--image", f"{layout}:{tag}",
+                        os.path.join(scratch, "rootfs")], check=True, capture_output=True,
+                       timeout=300)
 
-    variants = {"check_limits (today: gzip module + tarfile)": stock,
-                "check_limits reading through isal igzip": with_isal if igzip else None,
+    def in_scratch(fn):
+        def run():
+            scratch = tempfile.mkdtemp(prefix="unpack-", dir="/dev/shm")
+            try:
+                return fn(scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return run
+
+    def before(scratch):
+        from webhook.rootfs import confine
+        walk_gzip()
+        umoci(scratch)
+        confine(os.path.join(scratch, "rootfs"), limits)
+
+    def now(scratch):
+        up._checked.clear()
+        up.unpack(layout, tag, os.path.join(scratch, "rootfs"), limits)
+
+    variants = {"walk, gzip module (before)": walk_gzip,
+                "walk, isal igzip (now)": walk_isal,
                 "header-only zlib walk (prototype)": header_walk,
-                "umoci raw unpack (for scale)": umoci}
-    out = {k: [] for k, fn in variants.items() if fn}
+                "umoci raw unpack alone (for scale)": in_scratch(umoci),
+                "unpack stage before: walk, then umoci, confine": in_scratch(before),
+                "unpack stage now: walk beside umoci, confine": in_scratch(now)}
+    out = {k: [] for k in variants}
     cpu = {k: [] for k in out}
     found = {}
     for rnd in range(rounds):
@@ -203,18 +217,19 @@ def walk_experiment(layout: str, tag: str, rounds: int) -> dict:
             if res is not None:
                 found[name] = res
     return {"times": out, "cpu": cpu, "found": {k: list(v) for k, v in found.items()},
-            "isal": igzip is not None}
+            "isal": True}
 
 
 def arf_experiment(arf_gz: str, rounds: int) -> dict:
-    """What happens to the ARF after oscap: parse_arf, and gzip at level 6 (as stored) vs 1."""
+    """What happens to the ARF after oscap: parse_arf, and storing it: zlib level 6 (before)
+    against oscap.compress (now: ISA-L level 1), and zlib level 1."""
     import gzip
     from webhook import oscap
     work = tempfile.mkdtemp(prefix="arf-", dir="/dev/shm")
     arf = os.path.join(work, "arf.xml")
     with gzip.open(arf_gz, "rb") as src, open(arf, "wb") as dst:
         shutil.copyfileobj(src, dst)
-    out = {"parse": [], "gzip6": [], "gzip1": [], "size": os.path.getsize(arf)}
+    out = {"parse": [], "gzip6": [], "gzip1": [], "isal1": [], "size": os.path.getsize(arf)}
     try:
         for _ in range(rounds):
             t = time.perf_counter()
@@ -227,6 +242,10 @@ def arf_experiment(arf_gz: str, rounds: int) -> dict:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 out[f"gzip{level}"].append(time.perf_counter() - t)
                 out[f"size{level}"] = os.path.getsize(dest)
+            t = time.perf_counter()
+            dest = oscap.compress(arf, os.path.join(work, "isal.gz"))
+            out["isal1"].append(time.perf_counter() - t)
+            out["size_isal1"] = os.path.getsize(dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
@@ -399,10 +418,11 @@ def _cold_sections(runs, prof, first, exp, plan) -> list[Section]:
     if "walk" in exp:
         w = exp["walk"]
         times = w["times"]
-        ref = median(times["check_limits (today: gzip module + tarfile)"])
+        first = next(iter(times))
+        ref = median(times[first])
         rows = []
         cpus = w.get("cpu", {})
-        ref_cpu = median(cpus.get("check_limits (today: gzip module + tarfile)", [float("nan")]))
+        ref_cpu = median(cpus.get(first, [float("nan")]))
         for name, ts in times.items():
             found = w["found"].get(name)
             c = median(cpus.get(name, [float("nan")]))
@@ -410,20 +430,20 @@ def _cold_sections(runs, prof, first, exp, plan) -> list[Section]:
                          " / ".join(f(x, 2) for x in ts), fr(ratio(median(ts), ref)),
                          f"{found[0]:,} files, {found[1]:,} bytes" if found else ""])
         p.extra_tables.append((
-            "Experiment: the limit walk that runs before umoci (unpack.check_limits), same layer",
-            ["variant", "CPU s", "CPU vs today", "wall s (median)", "wall rounds",
-             "wall vs today", "found"], rows))
-        if not w["isal"]:
-            p.notes.append("isal is not installed (requirements-dev.txt): its row is missing.")
+            "Before and after: the unpack stage and its limit walk (unpack.py), same layer",
+            ["variant", "CPU s", f"CPU vs {first}", "wall s (median)", "wall rounds",
+             f"wall vs {first}", "found"], rows))
     if "arf" in exp:
         a = exp["arf"]
         p.extra_tables.append((
             f"Experiment: after oscap — the {a['size'] / 1e6:.1f} MB ARF",
             ["step", "s (median)", "output"],
             [["parse_arf (lxml, titles + rule results)", f(median(a["parse"]), 3), ""],
-             ["gzip level 6 (as stored today, not timed as a stage)", f(median(a["gzip6"]), 3),
+             ["zlib gzip level 6 (before)", f(median(a["gzip6"]), 3),
               f"{a.get('size6', 0) / 1e6:.2f} MB"],
-             ["gzip level 1", f(median(a["gzip1"]), 3), f"{a.get('size1', 0) / 1e6:.2f} MB"]]))
+             ["zlib gzip level 1", f(median(a["gzip1"]), 3), f"{a.get('size1', 0) / 1e6:.2f} MB"],
+             ["oscap.compress: ISA-L level 1 (now, the `store` stage)", f(median(a["isal1"]), 3),
+              f"{a.get('size_isal1', 0) / 1e6:.2f} MB"]]))
     if "error" in exp:
         p.notes.append(f"experiments failed: {exp['error']}")
     p.raw["experiments"] = exp

@@ -15,6 +15,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
+from isal import igzip
 from lxml import etree
 
 from .results import ContentSpec, OvalResult, RuleResult
@@ -206,9 +207,17 @@ def parse_oval(results: str) -> list[OvalResult]:
 
 
 def compress(path: str, dest: str) -> str:
-    """Keep the ARF gzip-compressed (it embeds the 10 MB datastream)."""
-    with open(path, "rb") as src, gzip.open(dest, "wb", compresslevel=6) as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
+    """Keep the ARF gzip-compressed (it embeds the 10 MB datastream): ISA-L at level 1, about
+    a fifth of zlib level 6's time for a file 1.4x larger; written aside, then renamed, so a
+    report being read is never half a file."""
+    tmp = f"{dest}.{os.getpid()}.tmp"
+    try:
+        with open(path, "rb") as src, igzip.open(tmp, "wb", compresslevel=1) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return dest
 
 
