@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import bodies, images, loadgen, profiling, servers
-from .common import Section, f, fr, log, median, ratio
+from .common import REPO, Section, f, fr, log, median, ratio
 
 KYVERNO_P95_MS, KYVERNO_P99_MS = 103.0, 182.0
-SMALL = "compactlog,fastresolve,gcfreeze"       # the small fixes that keep every fact
-LEAN = SMALL + ",orjson"
+# The code before the fast-path work of issue 8 (the last commit before it): served beside
+# today's in section 1e for the before/after figures.
+BEFORE_COMMIT = "877b0a7"
 
 
 @dataclass
@@ -33,10 +34,9 @@ class Plan:
     exp_s: float = 3.0
     profile_s: float = 8.0
     exp_paced_s: float = 4.0
-    variants: tuple = ("control", "nolog", "compactlog", "orjson", SMALL, LEAN, "memo",
-                       LEAN + ",memo")
+    variants: tuple = ("control", "before", "nolog", "nometrics", "memo")
     exp_rounds: int = 4
-    paced_variants: tuple = ("control", LEAN)
+    paced_variants: tuple = ("control", "before")
     paced_exp_rounds: int = 2
 
 
@@ -165,6 +165,22 @@ def _profile(srv, ctx, plan) -> dict:
     return {"summary": summ, "rps_under_profiler": r["rps"]}
 
 
+def _before_tree(dest: Path) -> Path | None:
+    """The webhook package (and the policies/content it finds beside itself) at BEFORE_COMMIT."""
+    import subprocess
+    if (dest / "webhook").is_dir():
+        return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", BEFORE_COMMIT, "webhook",
+                                  "policies", "content"], capture_output=True, timeout=60,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return dest
+
+
 def _experiments(srv, ctx, plan) -> dict:
     """Each candidate improvement as a variant app, all served at once beside `control` (the
     unpatched app served the same way), measured in rotating order so drift hits all alike."""
@@ -179,8 +195,16 @@ def _experiments(srv, ctx, plan) -> dict:
             env = {**ctx.env, "SCAPGATE_BENCH_VARIANT": variant,
                    "SCAPGATE_POLICY": str(ctx.policy),
                    "SCAPGATE_STORE": f"sqlite:///{state / 'scapgate.db'}"}
-            vs = servers.start_gunicorn_app(name, "benchmarks.variant_app:create_app()",
-                                            ctx.work / "variants", ctx.certs, env=env)
+            app = "benchmarks.variant_app:create_app()"
+            if variant == "before":
+                tree = _before_tree(ctx.work / "before")
+                if tree is None:
+                    log(f"no git history: the 'before' variant ({BEFORE_COMMIT}) is skipped")
+                    continue
+                # its own webhook package and gunicorn config come first on the path
+                env["PYTHONPATH"], app = str(tree), "webhook:create_app()"
+            vs = servers.start_gunicorn_app(name, app, ctx.work / "variants", ctx.certs,
+                                            env=env)
             started[variant] = vs
             servers.warm(vs, Path(ctx.body_paths["pod5"]).read_bytes(), deadline_s=30)
             loadgen.closed_loop(vs.port, ctx.body_paths["pod5"], connections=plan.sat_conns,
@@ -331,12 +355,16 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
         p.intro = "py-spy is not installed (requirements-dev.txt): no profile."
     secs.append(p)
 
-    e = Section("1e. Candidate fast-path improvements, measured (variant apps, same store)",
-                intro=("Each variant is scapgate's own create_app() with one function replaced "
-                       "at its seam (benchmarks/variant_app.py), served by the same gunicorn "
-                       f"config; wrk -c{plan.sat_conns}, 5-container pod, {plan.exp_rounds} × "
-                       f"{plan.exp_s:g} s; ratio against `control` (the unpatched app served "
-                       "the same way) measured in the same run."),
+    e = Section("1e. Before and after, and what is left: the same store served by the code "
+                f"before this work ({BEFORE_COMMIT}) and by variants of today's",
+                intro=("`control` is today's scapgate (create_app() under today's gunicorn "
+                       f"config); `before` is the code of commit {BEFORE_COMMIT} (git archive: "
+                       "its own webhook package and gunicorn config, gthread workers) reading "
+                       "the same store; the other variants are today's app with one function "
+                       "replaced at its seam (benchmarks/variant_app.py). wrk "
+                       f"-c{plan.sat_conns}, 5-container pod, {plan.exp_rounds} × "
+                       f"{plan.exp_s:g} s, rotating order; ratios against `control`, measured "
+                       "in the same run."),
                 headers=["variant", "CPU ms / review", "vs control", "rounds (CPU ms)",
                          "req/s", "vs control", f"p50 ms @ {f(exp.get('_rate', 0), 0)}/s",
                          "p99 ms", "p99 vs control"])
@@ -354,19 +382,17 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
                        " / ".join(f(x, 2) for x in d["cpu"]), f(m, 0),
                        fr(ratio(m, ctl)), f(p50, 2) if d["paced"] else "",
                        f(p99, 2) if d["paced"] else "", fr(ratio(p99, ctl99)) if d["paced"] else ""])
-    e.notes.append("Variants: control = unpatched; nolog = no decision log line (upper bound "
-                   "of its cost); compactlog = the same facts with the policy/content trail "
-                   "once per policy instead of once per image; fastresolve = a resolver cache "
-                   "hit returns a ready "
-                   "Future kept beside the cached answer (no new Future + Condition per image); "
-                   "gcfreeze = gc.freeze() after create_app (start-up objects leave the "
-                   "collector); orjson = orjson for the review, the log line and the response; "
-                   "memo = the Decision of an identical request reused for 1 s (upper bound of "
-                   "a decision cache); combinations are those fixes together (fastresolve and "
-                   "gcfreeze alone move the CPU per review by less than the run-to-run noise, "
-                   "so they are measured together; metrics stay on). p50/p99: open "
-                   "loop (benchmarks/loadgen.py, pod5) at half the control's saturation "
-                   "throughput, so that no variant is overloaded.")
+    e.notes.append("Variants: before = the code before the fast-path changes (orjson for "
+                   "the review, the answer and the log line; the policy/content trail once per "
+                   "policy in the log line; remembered ScanKey ids, image references, policy "
+                   "choices and resolver answers as ready Futures; one content check per policy "
+                   "per review; L1 lookups and metrics counted per review, not per image; "
+                   "gc.freeze and content hashing at worker start; requests read in the event "
+                   "loop); nolog = no decision log line and nometrics = no Prometheus counting "
+                   "(upper bounds of what each still costs); memo = the Decision of an "
+                   "identical request reused for 1 s (upper bound of a decision cache). "
+                   "p50/p99: open loop (benchmarks/loadgen.py, pod5) at half the control's "
+                   "saturation throughput.")
     e.raw = exp
     secs.append(e)
     return secs

@@ -339,9 +339,12 @@ def test_one_log_line_per_decision_with_its_trail(server, apiserver, scanned, sc
     by_digest = {i["digest"]: i for i in rec["images"]}
     assert set(by_digest) == {scanned["good"].digest, scanned["bad"].digest}
     for img in rec["images"]:
-        assert img["policy"] == "default" and re.fullmatch(r"[0-9a-f]{64}", img["policy_sha256"])
-        assert img["content_sha256"] == ds_sha and img["profile"].endswith("_standard")
-        assert img["waivers"] == []
+        assert img["policy"] == "default" and img["waivers"] == []
+    pol = rec["policies"]["default"]        # the policy/content trail, once per policy
+    assert re.fullmatch(r"[0-9a-f]{64}", pol["policy_sha256"])
+    assert pol["policy_file"].endswith(".yaml") and pol["enforcement"] == "enforce"
+    assert pol["content_sha256"] == ds_sha and pol["profile"].endswith("_standard")
+    assert pol["scanner"].startswith("openscap-")
     assert by_digest[scanned["bad"].digest]["state"] == "fail"
 
 

@@ -234,19 +234,43 @@ def _resolve(checks: list[Check], deps: Deps, budget: Budget) -> None:
 def _find_results(checks: list[Check], deps: Deps, budget: Budget) -> None:
     """Look up every result and submit every missing scan first (early scans for all the
     images), then wait for the missing ones within the budget."""
-    waiting: list[tuple[Check, float]] = []
+    contents: dict[int, ContentSpec | ContentError] = {}    # one content check per policy
+    todo: list[Check] = []
     for c in _undecided(checks):
-        try:
-            c.content = c.policy.content()
-        except ContentError as e:
-            c.verdict = policy_mod.on_state("error", c.policy, detail=str(e))
+        content = contents.get(id(c.policy))
+        if content is None:
+            try:
+                content = c.policy.content()
+            except ContentError as e:
+                content = e
+            contents[id(c.policy)] = content
+        if isinstance(content, ContentError):
+            c.verdict = policy_mod.on_state("error", c.policy, detail=str(content))
             continue
+        c.content = content
         c.key = deps.key_for(c.digest, c.content)
-        after = _guard(c, lambda: _lookup(c, deps))
+        todo.append(c)
+    if not todo:
+        return
+    try:
+        found = _lookup_many(deps.service, [c.key for c in todo])
+    except Exception:
+        found = None            # each image's own lookup says what went wrong
+    waiting: list[tuple[Check, float]] = []
+    for i, c in enumerate(todo):
+        after = _guard(c, lambda: _lookup(c, deps, found[i] if found else _ASK))
         if after is not None:
             waiting.append((c, after))
     for c, after in waiting:
         _guard(c, lambda: _wait(c, after, deps, budget))
+
+
+_ASK = object()
+
+
+def _lookup_many(service, keys: list) -> list:
+    many = getattr(service, "lookup_many", None)
+    return many(keys) if many else [service.lookup(k) for k in keys]
 
 
 def _guard(c: Check, fn: Callable[[], float | None]) -> float | None:
@@ -259,11 +283,13 @@ def _guard(c: Check, fn: Callable[[], float | None]) -> float | None:
         return None
 
 
-def _lookup(c: Check, deps: Deps) -> float | None:
-    """Classify the stored result and submit a scan when one is needed. Returns the
-    scanned_at a result must beat to be waited for (-1: any), or None: nothing to wait for."""
+def _lookup(c: Check, deps: Deps, res=_ASK) -> float | None:
+    """Classify the stored result (looked up here unless given) and submit a scan when one
+    is needed. Returns the scanned_at a result must beat to be waited for (-1: any), or None:
+    nothing to wait for."""
     now = deps.clock()
-    res = deps.service.lookup(c.key)
+    if res is _ASK:
+        res = deps.service.lookup(c.key)
     if res is None:
         c.cache = "miss"
         return _submit(c, deps, after=-1.0)

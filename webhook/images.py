@@ -6,6 +6,7 @@ are one image. A digest, when present, wins over a tag (a runtime pulls by diges
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -40,6 +41,10 @@ class ImageRef:
         return f"{self.registry}/{self.repository}"
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:      # kept in the instance: asked several times per review
         out = self.name
         if self.tag:
             out += f":{self.tag}"
@@ -59,9 +64,15 @@ class ImageRef:
 
 
 def parse(reference: str) -> ImageRef:
-    """Normalise an image reference; raises ReferenceError for anything a runtime would refuse."""
+    """Normalise an image reference; raises ReferenceError for anything a runtime would refuse.
+    Answers are remembered (ImageRef is immutable): the same images come in every review."""
     if not isinstance(reference, str) or not reference or len(reference) > MAX_REFERENCE:
         raise ReferenceError(f"invalid image reference {reference!r:.80}")
+    return _parse(reference)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(reference: str) -> ImageRef:
     ref = reference.strip()
     if ref != reference or any(c.isspace() for c in ref):
         raise ReferenceError(f"invalid image reference {reference!r:.80}: whitespace")

@@ -7,9 +7,10 @@ image digest, the cache path (hit or a fresh scan) and every waiver applied.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sys
+
+import orjson
 
 LOGGER_NAME = "scapgate.decisions"
 _logger = logging.getLogger(LOGGER_NAME)
@@ -52,6 +53,7 @@ def record(req: dict, decision, duration_ms: float) -> dict:
         "cache": caches[0] if len(caches) == 1 else ("mixed" if caches else ""),
         "duration_ms": round(duration_ms, 2),
         "images": [_image(c) for c in checks],
+        "policies": _policies(checks),
     }
 
 
@@ -63,26 +65,38 @@ def _cut(value, limit: int = 256):
 
 
 def _image(c) -> dict:
-    """One image's decision trail (policy.trail) plus how the result was found."""
-    from .policy import trail
+    """One image's part of the decision trail (policy.verdict_trail) and how its result was
+    found; the policy and content it was judged by are under "policies", by name."""
+    from .policy import verdict_trail
     out = {"paths": [x.path for x in c.containers[:16]], "image": _cut(c.image),
-           "digest": c.digest,
+           "digest": c.digest, "policy": c.policy.name,
            "cache": c.cache, "resolve": c.resolve,
            "scanned_at": c.result.scanned_at if c.result else None}
     if c.verdict:
-        out.update(trail(c.policy, c.content, c.digest, c.verdict))
+        out.update(verdict_trail(c.digest, c.verdict))
         out["reasons"] = [f"{r.severity} {r.id}" for r in c.verdict.reasons]
         if c.verdict.detail:
             out["detail"] = c.verdict.detail
-    else:
-        out["policy"] = c.policy.name
-    if c.key:
-        out["scanner"] = c.key.scanner_version
     if c.glass:
         out["break_glass"] = {"user": c.glass.user, "via": c.glass.via,
                               "allowed": c.glass.allowed, "reason": c.glass.reason}
     return out
 
 
+def _policies(checks) -> dict:
+    """Each policy of the decision once: its file and sha256, the content sha256, profile,
+    tailoring and OVAL sha256 (policy.content_trail) and the scanner that produced the
+    results. Written once per policy, not once per image: a 5-image pod's line is a third."""
+    from .policy import content_trail
+    out: dict = {}
+    for c in checks:
+        entry = out.get(c.policy.name)
+        if entry is None:
+            entry = out[c.policy.name] = content_trail(c.policy, c.content)
+        if c.key and "scanner" not in entry:
+            entry["scanner"] = c.key.scanner_version
+    return out
+
+
 def log_decision(rec: dict) -> None:
-    _logger.info(json.dumps(rec, separators=(",", ":"), default=str))
+    _logger.info(orjson.dumps(rec, default=str).decode())

@@ -32,18 +32,38 @@ BAD_REQUESTS = Counter("scapgate_bad_requests", "Requests answered with HTTP 400
 # scans run and are queued: scans.py and worker.py (same PROMETHEUS_MULTIPROC_DIR).
 
 
+_children: dict = {}
+
+
+def child(metric, *labels):
+    """metric.labels(*labels), kept: labels() takes a lock and builds a key on every call.
+    Bounded: label values here come from fixed sets (states, verdicts) and content rule ids."""
+    key = (id(metric), labels)
+    c = _children.get(key)
+    if c is None:
+        if len(_children) >= 10_000:
+            _children.clear()
+        c = _children[key] = metric.labels(*labels)
+    return c
+
+
 def observe(decision, seconds: float) -> None:
-    """Count one decision (an admission.Decision)."""
-    DECISIONS.labels(decision.verdict, str(decision.response.get("allowed", False)).lower(),
-                     decision.reason).inc()
+    """Count one decision (an admission.Decision): one increment per distinct label set, not
+    one per image (each increment of a multiprocess metric writes to its mmap under a lock)."""
+    child(DECISIONS, decision.verdict, "true" if decision.response.get("allowed") else "false",
+          decision.reason).inc()
     DECISION_SECONDS.observe(seconds)
+    counts: dict = {}
     for c in decision.checks:
         if c.cache:
-            CACHE.labels(c.cache).inc()
+            counts[(CACHE, c.cache)] = counts.get((CACHE, c.cache), 0) + 1
         if c.resolve:
-            RESOLVES.labels(c.resolve).inc()
+            counts[(RESOLVES, c.resolve)] = counts.get((RESOLVES, c.resolve), 0) + 1
         for r in (c.verdict.reasons if c.verdict else ()):
-            DECISION_RULES.labels(r.id, r.severity).inc()
+            k = (DECISION_RULES, r.id, r.severity)
+            counts[k] = counts.get(k, 0) + 1
+    for (metric, *labels), n in counts.items():
+        child(metric, *labels).inc(n)
 
 
 def exposition() -> tuple[bytes, str]:

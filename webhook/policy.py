@@ -20,6 +20,8 @@ from . import content as content_mod
 from .policy_file import PolicyError, dates_to_text, line_of, read_document
 from .results import ContentSpec, ScanResult, severity_rank
 
+SELECT_MEMO = 4096        # (namespace, image) → policy answers a PolicySet keeps
+
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            "policies", "schema", "imagepolicy.schema.json")
 DEFAULTS = {
@@ -380,6 +382,11 @@ def trail(policy: Policy, content_spec: ContentSpec | None, digest: str,
           verdict: Verdict) -> dict:
     """The fields every decision log line carries, so a decision traces back to the exact
     policy file, content and image it was made from."""
+    return {**content_trail(policy, content_spec), **verdict_trail(digest, verdict)}
+
+
+def content_trail(policy: Policy, content_spec: ContentSpec | None) -> dict:
+    """The policy and content half of the trail: the same for every image a policy judged."""
     cs = content_spec
     return {
         "policy": policy.name, "policy_file": policy.path, "policy_sha256": policy.sha256,
@@ -388,8 +395,14 @@ def trail(policy: Policy, content_spec: ContentSpec | None, digest: str,
         "profile": cs.profile if cs else policy.profile,
         "tailoring_sha256": cs.tailoring_sha256 if cs else "",
         "oval_sha256": list(cs.oval_sha256) if cs else [],
-        "digest": digest, "state": verdict.state, "allowed": verdict.allowed,
         "enforcement": policy.enforcement,
+    }
+
+
+def verdict_trail(digest: str, verdict: Verdict) -> dict:
+    """The image half of the trail."""
+    return {
+        "digest": digest, "state": verdict.state, "allowed": verdict.allowed,
         "denied_by": [r.id for r in verdict.reasons],
         "waivers": [{"id": r.id, "waiver": w.rule, "ticket": w.ticket, "owner": w.owner,
                      "expires": w.expires.isoformat()} for r, w in verdict.waived],
@@ -406,8 +419,24 @@ class PolicySet:
 
     policies: tuple[Policy, ...]
     source: str = ""
+    _chosen: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def select(self, namespace: str, image: str = "") -> Policy | None:
+        """The policy for an image in a namespace (remembered: the set never changes; a reload
+        builds a new set)."""
+        key = (namespace, image)
+        try:
+            return self._chosen[key]
+        except (KeyError, TypeError):
+            pass
+        chosen = self._select(namespace, image)
+        if isinstance(namespace, str) and isinstance(image, str):
+            if len(self._chosen) >= SELECT_MEMO:
+                self._chosen.clear()
+            self._chosen[key] = chosen
+        return chosen
+
+    def _select(self, namespace: str, image: str) -> Policy | None:
         matching = [p for p in self.policies if not p.default and p.matches_namespace(namespace)
                     and (not image or p.matches_image(image))]
         if matching:

@@ -57,9 +57,7 @@ class Resolver:
         with self._lock:
             hit = cache.get(key)
             if hit is not None:
-                done: Future = Future()
-                done.set_result(Resolution(hit[0], hit[1], cached=True))
-                return done
+                return hit          # a done Future, shared by every request that hits it
             pending = self._inflight.get(key)
             if pending is None:
                 pending = self._pool.submit(self._ask, key, cache, ref, docker_config)
@@ -77,8 +75,10 @@ class Resolver:
         try:
             digest, top = self.registry.resolve(ref, docker_config=docker_config,
                                                 platform=self.platform)
+            done: Future = Future()
+            done.set_result(Resolution(digest, top, cached=True))
             with self._lock:
-                cache[key] = (digest, top)
+                cache[key] = done
             return Resolution(digest, top)
         finally:
             with self._lock:

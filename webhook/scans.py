@@ -23,6 +23,7 @@ from typing import Any
 
 from cachetools import TTLCache
 from prometheus_client import Counter, Gauge, Histogram
+from .metrics import child
 
 from .results import ContentSpec, ScanKey, ScanResult
 from .store import EXISTS, FULL, QUEUED, SCANS_STARTED, Store, StoreUnavailable, open_store
@@ -125,17 +126,31 @@ class ScanService:
         """The result for a key: this process's L1, else the shared store (then kept in L1).
         While this process waits for a rescan of a key, lookups read the store, so the fresh
         result is seen as soon as it lands."""
-        kid = key.id()
+        return self.lookup_many([key])[0]
+
+    def lookup_many(self, keys: list[ScanKey]) -> list[ScanResult | None]:
+        """lookup() for every image of a review: one lock and one metric update for the L1
+        hits, the store asked only for the others."""
+        kids = [k.id() for k in keys]
         with self._lock:
-            hit = self._l1.get(kid)
-            after = self._rescans.get(kid)
-        if hit is not None and after is None:
-            CACHE_LOOKUPS.labels("l1", "hit").inc()
-            return hit
-        CACHE_LOOKUPS.labels("l1", "miss").inc()
-        body = self.store.get(kid)
-        CACHE_LOOKUPS.labels("l2", "miss" if body is None else "hit").inc()
-        return None if body is None else self._remember(kid, ScanResult.from_json(body))
+            hits = [self._l1.get(kid) for kid in kids]
+            if self._rescans:
+                hits = [None if self._rescans.get(kid) is not None else h
+                        for kid, h in zip(kids, hits)]
+        l1_hits = sum(h is not None for h in hits)
+        if l1_hits:
+            child(CACHE_LOOKUPS, "l1", "hit").inc(l1_hits)
+        if l1_hits == len(kids):
+            return hits
+        out = []
+        for kid, hit in zip(kids, hits):
+            if hit is None:
+                child(CACHE_LOOKUPS, "l1", "miss").inc()
+                body = self.store.get(kid)
+                child(CACHE_LOOKUPS, "l2", "miss" if body is None else "hit").inc()
+                hit = None if body is None else self._remember(kid, ScanResult.from_json(body))
+            out.append(hit)
+        return out
 
     def _remember(self, kid: str, result: ScanResult) -> ScanResult:
         with self._lock:

@@ -48,7 +48,7 @@ def pod_spec_path(kind: str | Mapping) -> tuple[str, ...] | None:
     `kind` is the review's group/version/kind (the group must match: a CRD named Pod in
     another group is not a Pod) or a bare kind name.
     """
-    if isinstance(kind, Mapping):
+    if isinstance(kind, dict):
         return POD_SPEC_PATHS.get((kind.get("group") or "", kind.get("kind") or ""))
     return _BY_KIND.get(kind)
 
@@ -64,10 +64,10 @@ def containers_of(kind: str | Mapping, obj: Mapping | None) -> list[Container]:
         return []
     spec: object = obj
     for i, step in enumerate(path):
-        spec = spec.get(step) if isinstance(spec, Mapping) else None
+        spec = spec.get(step) if isinstance(spec, dict) else None
         if spec is None:
             return []          # no template: nothing will run
-        if not isinstance(spec, Mapping):
+        if not isinstance(spec, dict):
             raise ObjectError(".".join(path[:i + 1]), "must be an object")
     return list(_walk(".".join(path), spec))
 
@@ -81,7 +81,7 @@ def _walk(prefix: str, spec: Mapping):
             raise ObjectError(f"{prefix}.{lst}", "must be a list")
         for i, c in enumerate(items):
             where = f"{prefix}.{lst}[{i}]"
-            if not isinstance(c, Mapping):
+            if not isinstance(c, dict):
                 raise ObjectError(where, "must be an object")
             image = c.get("image")
             if not isinstance(image, str) or not image:
