@@ -195,16 +195,16 @@ def _experiments(srv, ctx, plan) -> dict:
             env = {**ctx.env, "SCAPGATE_BENCH_VARIANT": variant,
                    "SCAPGATE_POLICY": str(ctx.policy),
                    "SCAPGATE_STORE": f"sqlite:///{state / 'scapgate.db'}"}
-            app = "benchmarks.variant_app:create_app()"
+            app, cwd = "benchmarks.variant_app:create_app()", None
             if variant == "before":
                 tree = _before_tree(ctx.work / "before")
                 if tree is None:
                     log(f"no git history: the 'before' variant ({BEFORE_COMMIT}) is skipped")
                     continue
                 # its own webhook package and gunicorn config come first on the path
-                env["PYTHONPATH"], app = str(tree), "webhook:create_app()"
+                env["PYTHONPATH"], app, cwd = str(tree), "webhook:create_app()", tree
             vs = servers.start_gunicorn_app(name, app, ctx.work / "variants", ctx.certs,
-                                            env=env)
+                                            env=env, cwd=cwd)
             started[variant] = vs
             servers.warm(vs, Path(ctx.body_paths["pod5"]).read_bytes(), deadline_s=30)
             loadgen.closed_loop(vs.port, ctx.body_paths["pod5"], connections=plan.sat_conns,

@@ -15,7 +15,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .common import PY, SCAPGATE, Proc, children, cmdline, cpu_seconds, free_port, run
+from .common import PY, REPO, SCAPGATE, Proc, children, cmdline, cpu_seconds, free_port, run
 from .loadgen import HEADERS, PATH, SERVER_NAME
 
 READY_S = 60.0
@@ -107,8 +107,10 @@ def start_scapgate(work: Path, certs: Path, *, policy: Path, env: dict | None = 
 
 
 def start_gunicorn_app(name: str, app: str, work: Path, certs: Path, *,
-                       env: dict | None = None) -> Server:
-    """Any app under scapgate's own gunicorn config (the baseline, or a scapgate variant)."""
+                       env: dict | None = None, cwd: Path | None = None) -> Server:
+    """Any app under scapgate's own gunicorn config (the baseline, or a scapgate variant).
+    `python -m` puts the working directory first on sys.path: cwd picks which tree's
+    `webhook` package (and gunicorn config) is served."""
     port = free_port()
     log_path = work / f"{name}.log"
     (work / f"{name}-state").mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ def start_gunicorn_app(name: str, app: str, work: Path, certs: Path, *,
                 "SCAPGATE_STATE_DIR": str(work / f"{name}-state"),
                 "SCAPGATE_EMBEDDED_WORKERS": "false"}
     proc = Proc([PY, "-m", "gunicorn", "--config", "python:webhook.gunicorn_conf", app],
-                env=_env({**settings, **(env or {})}), log_path=log_path)
+                env=_env({**settings, **(env or {})}), log_path=log_path, cwd=cwd or REPO)
     return Server(name, proc, port, certs, log_path).wait_ready()
 
 

@@ -261,6 +261,31 @@ def test_resolver_caches_tags_for_the_ttl_and_pins_longer_and_never_errors():
     assert reg.calls.count("r.test/x/gone:1") == 2                # errors are not cached
 
 
+def test_resolver_refreshes_a_busy_tag_in_the_background_before_it_expires():
+    """Past half its TTL a tag's answer is still served, and asked again in the background:
+    a tag in steady use never makes a request wait for the registry, and no answer served is
+    older than the TTL (the moved tag is seen within it)."""
+    clock = [0.0]
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    reg = FakeRegistry({"app": a})
+    r = Resolver(reg, ttl_s=30, clock=lambda: clock[0])
+    from webhook.images import parse
+    tag = parse("r.test/x/app:1")
+    r.resolve(tag, timeout_s=5)
+    clock[0] = 10
+    assert r.resolve(tag, timeout_s=5).digest == a and len(reg.calls) == 1   # young: no call
+    clock[0] = 16
+    reg.answers["app"] = b                                                    # the tag moves
+    served = r.resolve(tag, timeout_s=5)
+    assert (served.digest, served.cached) == (a, True)       # no wait for the registry
+    for refresh in list(r._inflight.values()):
+        refresh.result(timeout=5)
+    assert len(reg.calls) == 2
+    clock[0] = 31                    # the first answer's TTL is over; the refreshed one lives
+    served = r.resolve(tag, timeout_s=5)
+    assert (served.digest, served.cached) == (b, True) and len(reg.calls) == 2
+
+
 def test_resolver_asks_the_registry_once_for_concurrent_admissions():
     reg = FakeRegistry({"app": "sha256:" + "a" * 64}, delay_s=0.2)
     r = Resolver(reg)

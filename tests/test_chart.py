@@ -55,7 +55,8 @@ VALUE_SETS = {
                    "--set", "policies.files.extra\\.yaml=kind: ImagePolicy",
                    "--set", "webhook.excludeNamespaces[0]=monitoring",
                    "--set-json", f"webhook.matchConditions={MATCH_CONDITION}",
-                   "--set", "image.digest=sha256:" + "a" * 64, "--set", "ha.reportsClaim=rwx"],
+                   "--set", "image.digest=sha256:" + "a" * 64, "--set", "ha.reportsClaim=rwx",
+                   "--set", "webhook.pinDigests.enabled=true"],
 }
 
 
@@ -262,6 +263,25 @@ def test_webhook_configuration(helm):
     assert (svc["name"], svc["namespace"], svc["path"]) == (FULLNAME, NAMESPACE, "/validate")
     secret = find(docs, "Secret", f"{FULLNAME}-tls")
     assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+
+
+def test_digest_pinning_is_optional_and_shares_the_validating_scope(helm):
+    """webhook.pinDigests: a MutatingWebhookConfiguration on /mutate with exactly the
+    validating webhook's service, CA, selectors and rules; best effort (Ignore) by default."""
+    assert not [d for d in render(helm) if d["kind"] == "MutatingWebhookConfiguration"]
+    docs = render(helm, "--set", "webhook.pinDigests.enabled=true",
+                  "--set", "webhook.excludeNamespaces[0]=monitoring")
+    (validate,) = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    (pin,) = find(docs, "MutatingWebhookConfiguration", f"{FULLNAME}-pin")["webhooks"]
+    assert pin["clientConfig"]["service"]["path"] == "/mutate"
+    assert (pin["failurePolicy"], pin["reinvocationPolicy"]) == ("Ignore", "IfNeeded")
+    for key in ("namespaceSelector", "rules", "sideEffects", "timeoutSeconds",
+                "admissionReviewVersions"):
+        assert pin[key] == validate[key], key
+    assert pin["clientConfig"]["caBundle"] == validate["clientConfig"]["caBundle"]
+    assert {k: v for k, v in pin["clientConfig"]["service"].items() if k != "path"} == \
+        {k: v for k, v in validate["clientConfig"]["service"].items() if k != "path"}
+    assert "monitoring" in pin["namespaceSelector"]["matchExpressions"][0]["values"]
 
 
 def test_webhook_values_reach_the_configuration(helm):

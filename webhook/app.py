@@ -95,6 +95,29 @@ def _routes(app: Flask, deps: admission.Deps, settings: Settings, policy_status)
         resp.call_on_close(lambda: _account(req, decision, seconds))
         return resp
 
+    @app.route("/mutate", methods=METHODS, provide_automatic_options=False)
+    def mutate():
+        """Optional: pin image tags to the digests the gate judges (webhook/mutate.py)."""
+        from .mutate import pin
+        t0 = time.perf_counter()
+        try:
+            review.check_headers(request.method, request.headers.get("Content-Type"))
+            body = review.read_body(_read_limited(), request.headers.get("Content-Encoding"))
+            req = review.decode(body)
+        except review.ReviewError as e:
+            metrics.BAD_REQUESTS.inc()
+            return jsonify(review.error_body(str(e))), e.status
+        budget = admission.Budget(parse_timeout(request.args.get("timeout")) - settings.margin_s)
+        try:
+            answer = pin(req, deps, budget)
+        except Exception:                   # pinning is best effort; it never blocks a pod
+            log.exception("pinning failed for uid %s", req.get("uid"))
+            answer = {"allowed": True, "warnings": ["scapgate could not pin image digests"]}
+        resp = Response(orjson.dumps(review.encode(req["uid"], answer)),
+                        mimetype="application/json")
+        resp.call_on_close(lambda: logs.log_pinned(req, answer, time.perf_counter() - t0))
+        return resp
+
     @app.get("/healthz")
     def healthz():
         return jsonify({"status": "ok"})

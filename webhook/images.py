@@ -41,26 +41,32 @@ class ImageRef:
         return f"{self.registry}/{self.repository}"
 
     def __str__(self) -> str:
-        return self._text
-
-    @functools.cached_property
-    def _text(self) -> str:      # kept in the instance: asked several times per review
+        try:
+            return self.__dict__["_text"]   # kept in the instance: asked several times a review
+        except KeyError:
+            pass
         out = self.name
         if self.tag:
             out += f":{self.tag}"
         if self.digest:
             out += f"@{self.digest}"
+        self.__dict__["_text"] = out
         return out
 
     def pinned(self, digest: str) -> "ImageRef":
         """The same repository at a given manifest digest (what is fetched and scanned)."""
-        return ImageRef(self.registry, self.repository, self.tag, digest)
+        return _pinned(self, digest)
 
     def transport(self) -> str:
         """skopeo's name for this image: by digest when known, else by tag."""
         if self.digest:
             return f"docker://{self.name}@{self.digest}"
         return f"docker://{self.name}:{self.tag or 'latest'}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _pinned(ref: ImageRef, digest: str) -> ImageRef:
+    return ImageRef(ref.registry, ref.repository, ref.tag, digest)
 
 
 def parse(reference: str) -> ImageRef:

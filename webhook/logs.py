@@ -100,3 +100,21 @@ def _policies(checks) -> dict:
 
 def log_decision(rec: dict) -> None:
     _logger.info(orjson.dumps(rec, default=str).decode())
+
+
+def log_pinned(req: dict, answer: dict, seconds: float) -> None:
+    """One line per /mutate call: which images were pinned to which digests."""
+    obj = req.get("object") if isinstance(req.get("object"), dict) else {}
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
+    pinned = (answer.get("auditAnnotations") or {}).get("pinned", "")
+    _logger.info(orjson.dumps({
+        "event": "admission.pinned",
+        "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "uid": req.get("uid"),
+        "namespace": _cut(req.get("namespace") or meta.get("namespace") or ""),
+        "kind": "/".join(p for p in (kind.get("group"), kind.get("kind")) if p),
+        "name": _cut(req.get("name") or meta.get("name") or meta.get("generateName") or ""),
+        "pinned": [_cut(x, 600) for x in pinned.split(",")[:64]] if pinned else [],
+        "warnings": answer.get("warnings", []),
+        "duration_ms": round(seconds * 1000, 2)}, default=str).decode())

@@ -69,6 +69,7 @@ class Pipeline:
         self.registry = registry or Registry()
         self.clock = clock
         self._oscap_version: str | None = None
+        self._keys: dict = {}
         self._layout_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.cache = OciCache(settings.state_dir, settings.oci_cache_bytes)
@@ -86,10 +87,21 @@ class Pipeline:
         return f"openscap-{self.oscap_version()}+scapgate-pipeline-{PIPELINE_VERSION}"
 
     def key(self, digest: str, content: ContentSpec) -> ScanKey:
-        return ScanKey(digest=digest, content_sha256=content.datastream_sha256,
-                       profile=content.profile, tailoring_sha256=content.tailoring_sha256,
-                       scanner_version=self.scanner_version(),
-                       oval_sha256=",".join(content.oval_sha256))
+        """The scan key of a digest under some content (remembered: asked for every image of
+        every review)."""
+        memo = (digest, content)
+        hit = self._keys.get(memo)
+        if hit is not None:
+            return hit
+        key = ScanKey(digest=digest, content_sha256=content.datastream_sha256,
+                      profile=content.profile, tailoring_sha256=content.tailoring_sha256,
+                      scanner_version=self.scanner_version(),
+                      oval_sha256=",".join(content.oval_sha256))
+        if self._oscap_version is not None:      # a key without a known scanner is not kept
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            self._keys[memo] = key
+        return key
 
     # -- stages ---------------------------------------------------------------------------
     def fetch(self, ref: ImageRef, docker_config: dict | None = None) -> tuple[str, str]:

@@ -3,7 +3,9 @@
 Scans and results are keyed by digest, never by tag (tags move), so every admission resolves
 its images first. A registry round trip costs ~50 ms and a burst of pods names the same few
 images, so answers are reused for `resolve_ttl_s`; a digest-pinned reference (an index digest
-→ this platform's manifest digest) cannot change and is kept much longer. Failures are never
+→ this platform's manifest digest) cannot change and is kept much longer. An answer past half
+its life is asked again in the background while it is still served, so a tag in steady use
+never expires under a request; no answer is ever older than its TTL. Failures are never
 cached: the next admission asks the registry again.
 """
 from __future__ import annotations
@@ -17,7 +19,6 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Callable
 
-from cachetools import TTLCache
 
 from .images import ImageRef
 from .registry import Registry, Unreachable
@@ -44,8 +45,9 @@ class Resolver:
                  clock: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.platform = platform
-        self._tags: TTLCache = TTLCache(maxsize=size, ttl=ttl_s, timer=clock)
-        self._pinned: TTLCache = TTLCache(maxsize=size, ttl=pinned_ttl_s, timer=clock)
+        self._tags = _Answers(size, ttl_s, clock)
+        self._pinned = _Answers(size, pinned_ttl_s, clock)
+        self._clock = clock
         self._inflight: dict[tuple, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve")
@@ -57,7 +59,13 @@ class Resolver:
         with self._lock:
             hit = cache.get(key)
             if hit is not None:
-                return hit          # a done Future, shared by every request that hits it
+                done, born = hit    # a done Future, shared by every request that hits it
+                if self._clock() - born > cache.ttl / 2 and key not in self._inflight:
+                    # Past half its life: ask again in the background, so a busy tag never
+                    # expires under a request (a registry round trip in the p99).
+                    self._inflight[key] = self._pool.submit(self._ask, key, cache, ref,
+                                                            docker_config)
+                return done
             pending = self._inflight.get(key)
             if pending is None:
                 pending = self._pool.submit(self._ask, key, cache, ref, docker_config)
@@ -70,7 +78,7 @@ class Resolver:
         future = self.start(ref, docker_config)
         return wait(future, ref, timeout_s)
 
-    def _ask(self, key: tuple, cache: TTLCache, ref: ImageRef,
+    def _ask(self, key: tuple, cache: "_Answers", ref: ImageRef,
              docker_config: dict | None) -> Resolution:
         try:
             digest, top = self.registry.resolve(ref, docker_config=docker_config,
@@ -78,7 +86,7 @@ class Resolver:
             done: Future = Future()
             done.set_result(Resolution(digest, top, cached=True))
             with self._lock:
-                cache[key] = done
+                cache.put(key, (done, self._clock()))
             return Resolution(digest, top)
         finally:
             with self._lock:
@@ -86,6 +94,32 @@ class Resolver:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Answers:
+    """Answers kept for `ttl` seconds, at most `size` (the oldest goes first). Not
+    thread-safe: the Resolver holds its lock. A dict and one clock read per hit — a review
+    asks once per image, and cachetools' TTLCache cost ~8 µs a lookup on this path."""
+
+    def __init__(self, size: int, ttl: float, clock: Callable[[], float]):
+        self.size, self.ttl, self.clock = size, ttl, clock
+        self._d: dict = {}
+
+    def get(self, key):
+        hit = self._d.get(key)
+        if hit is not None and self.clock() - hit[1] > self.ttl:
+            del self._d[key]
+            return None
+        return hit
+
+    def put(self, key, value) -> None:
+        self._d.pop(key, None)
+        while len(self._d) >= self.size:
+            del self._d[next(iter(self._d))]
+        self._d[key] = value
+
+    def __len__(self) -> int:
+        return len(self._d)
 
 
 def wait(future: Future, ref: ImageRef, timeout_s: float) -> Resolution:

@@ -55,6 +55,8 @@ class Response(TypedDict, total=False):
     status: dict
     warnings: list[str]
     auditAnnotations: dict[str, str]
+    patchType: str               # the mutating endpoint: "JSONPatch"
+    patch: str                   # base64 of the JSON Patch
 
 
 def check_headers(method: str, content_type: str | None) -> None:
@@ -140,6 +142,8 @@ def encode(uid: str, response: Response) -> dict[str, Any]:
     audit = {k: v[:AUDIT_VALUE_MAX] for k, v in (response.get("auditAnnotations") or {}).items()}
     if audit:
         out["auditAnnotations"] = audit
+    if response.get("patch"):            # the mutating endpoint (webhook/mutate.py)
+        out["patchType"], out["patch"] = response["patchType"], response["patch"]
     return {"apiVersion": API_VERSION, "kind": KIND, "response": out}
 
 

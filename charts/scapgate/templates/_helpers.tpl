@@ -246,3 +246,58 @@ podAntiAffinity:
 {{- end }}
 {{- end }}
 {{- end }}
+
+
+{{/* What the validating and the mutating webhook share: service, TLS, selectors, rules.
+  Called with (dict "root" . "caBundle" CA "path" "/validate"). */}}
+{{- define "scapgate.webhookCommon" -}}
+{{- $root := .root -}}
+{{- $caBundle := .caBundle -}}
+{{- $path := .path -}}
+admissionReviewVersions: [v1]
+sideEffects: None
+matchPolicy: Equivalent
+timeoutSeconds: {{ $root.Values.webhook.timeoutSeconds }}
+clientConfig:
+  service:
+    name: {{ include "scapgate.fullname" $root }}
+    namespace: {{ $root.Release.Namespace }}
+    path: {{ $path }}
+    port: {{ $root.Values.service.port }}
+  {{- if $caBundle }}
+  caBundle: {{ $caBundle }}
+  {{- end }}
+namespaceSelector:
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: NotIn
+      values:
+        {{- toYaml (concat (list "kube-system" $root.Release.Namespace) $root.Values.webhook.excludeNamespaces | uniq) | nindent 8 }}
+    {{- with $root.Values.webhook.namespaceSelectorExpressions }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- with $root.Values.webhook.objectSelector }}
+objectSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+rules:
+  - apiGroups: [""]
+    apiVersions: [v1]
+    resources: [pods, pods/ephemeralcontainers, replicationcontrollers]
+    operations: {{ toJson $root.Values.webhook.operations }}
+    scope: Namespaced
+  - apiGroups: [apps]
+    apiVersions: [v1]
+    resources: [deployments, replicasets, statefulsets, daemonsets]
+    operations: {{ toJson $root.Values.webhook.operations }}
+    scope: Namespaced
+  - apiGroups: [batch]
+    apiVersions: [v1]
+    resources: [jobs, cronjobs]
+    operations: {{ toJson $root.Values.webhook.operations }}
+    scope: Namespaced
+{{- with $root.Values.webhook.matchConditions }}
+matchConditions:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
