@@ -410,3 +410,93 @@ def test_pods_of_a_break_glass_owner_inherit_it_only_from_their_controller(polic
         assert "ReplicaSet/web-7d9" in d.response["auditAnnotations"]["break-glass"]
     else:
         assert "break-glass refused" in message(d)
+
+
+# -- decisions reused for identical requests (admission.Memo) -------------------------------
+
+class CountingService(FakeService):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.lookups = 0
+
+    def lookup(self, key):
+        self.lookups += 1
+        return super().lookup(key)
+
+
+@pytest.fixture
+def memo_deps(policies):
+    clock = [0.0]
+    service = CountingService()
+    for name in ("good", "bad"):
+        service.put(scan(FakePipeline().key(D[name], policies.select("team-a").content())))
+    deps = make_deps(policies, service, memo_s=1.0, memo=admission.Memo(clock=lambda: clock[0]))
+    return deps, service, clock
+
+
+def replica(image="good", *, name="web-1", namespace="team-a", user="system:serviceaccount:"
+            "kube-system:replicaset-controller", annotations=None, owners=None, uid=None):
+    obj = workload("Pod", pod_spec([IMG.get(image, image)]), name=name, namespace=namespace,
+                   annotations=annotations)
+    if owners:
+        obj["metadata"]["ownerReferences"] = owners
+    return make_review(obj, user=user, uid=uid)
+
+
+def test_replicas_of_one_template_share_one_decision(memo_deps):
+    """Pods of one ReplicaSet differ only in name and uid: one decision, reused within memo_s,
+    for pass and for fail, and the answer is the same as a fresh one."""
+    deps, service, clock = memo_deps
+    first = run(deps, replica(name="web-1"))
+    looked = service.lookups
+    again = run(deps, replica(name="web-2"))
+    assert (again.memo, first.memo) == (True, False)
+    assert again.response == first.response and service.lookups == looked
+    bad = run(deps, replica("bad", name="x-1"))
+    bad_again = run(deps, replica("bad", name="x-2"))
+    assert bad_again.memo and bad_again.response == bad.response
+    assert bad_again.response["allowed"] is False
+    clock[0] = 1.5                                       # past memo_s: decided afresh
+    later = run(deps, replica(name="web-3"))
+    assert not later.memo and service.lookups > looked
+
+
+@pytest.mark.parametrize("change", [
+    {"image": "bad"}, {"namespace": "team-warn"}, {"user": "alice"},
+    {"annotations": {"scapgate.io/break-glass": "INC-1"}},
+    {"owners": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-x", "uid": "u",
+                 "controller": True}]},
+])
+def test_any_input_of_the_decision_is_in_the_key(memo_deps, change):
+    deps, service, _ = memo_deps
+    run(deps, replica())
+    assert not run(deps, replica(**change)).memo
+
+
+def test_operation_and_policy_reload_are_in_the_key(memo_deps, policies):
+    deps, _, _ = memo_deps
+    run(deps, replica())
+    update = replica()
+    update["request"].update(operation="UPDATE", oldObject=workload("Pod", pod_spec(["x:1"])))
+    assert not run(deps, update).memo
+    reloaded = policy_mod.PolicySet(policies.policies, source=policies.source)   # a new set
+    deps.policies = lambda: reloaded
+    assert not run(deps, replica()).memo
+
+
+def test_pending_and_error_are_never_reused(policies):
+    service = CountingService()
+    deps = make_deps(policies, service, memo_s=1.0)
+    assert run(deps, replica(), budget_s=0.2).verdict == "pending"
+    assert not run(deps, replica(), budget_s=0.2).memo
+    service.down = True
+    assert run(deps, replica("bad")).verdict == "error"
+    assert not run(deps, replica("bad")).memo
+
+
+def test_memo_is_off_by_default_in_deps(policies):
+    service = CountingService()
+    service.put(scan(FakePipeline().key(D["good"], policies.select("team-a").content())))
+    deps = make_deps(policies, service)
+    run(deps, replica())
+    assert not run(deps, replica()).memo

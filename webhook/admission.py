@@ -8,11 +8,15 @@ policy's named actions, never accidents. response.py turns the judged images int
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import orjson
 
 from . import images as images_mod
 from . import policy as policy_mod
@@ -58,6 +62,9 @@ class Deps:
     # Pods these controllers create from an owner's template inherit the owner's break-glass:
     # the owner (Deployment, Job, …) was admitted here under its creator's identity.
     break_glass_controllers: frozenset = frozenset()
+    # A pass/fail decision is reused this long for a request with the same inputs (0: never).
+    memo_s: float = 0.0
+    memo: "Memo" = field(default_factory=lambda: Memo())
 
 
 @dataclass
@@ -97,6 +104,46 @@ class Decision:
     verdict: str
     reason: str
     checks: list[Check] = field(default_factory=list)
+    memo: bool = False               # reused from an identical request (Memo)
+
+
+class Memo:
+    """Decisions reused for requests with the same inputs, for Deps.memo_s (1 s by default).
+
+    A ReplicaSet scaling to 50 replicas sends 50 reviews that differ only in pod names and
+    uids; they get one decision. The key is every input decide() reads — operation,
+    subresource, kind, namespace, each container's path and image, the user and groups, the
+    annotations (break-glass), the owner references (inherited break-glass) and today's date
+    (waiver expiry) — plus the policy set in force (a reload is a new set). Only pass and fail
+    decisions whose every result was a cache hit are kept: pending, error, stale and
+    break-glass decisions are made afresh each time. Within memo_s a moved tag or a landed
+    rescan is not seen — the tag resolver itself keeps answers 30 s."""
+
+    SIZE = 4096
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self._d: dict = {}
+        self._lock = threading.Lock()
+
+    def get(self, key, pset) -> Decision | None:
+        with self._lock:
+            hit = self._d.get(key)
+        if hit is None:
+            return None
+        expires, kept_pset, decision = hit
+        if kept_pset is not pset or self.clock() > expires:
+            return None
+        return decision
+
+    def put(self, key, pset, decision: Decision, ttl_s: float) -> None:
+        with self._lock:
+            if len(self._d) >= self.SIZE:
+                now = self.clock()
+                self._d = {k: v for k, v in self._d.items() if v[0] >= now}
+                if len(self._d) >= self.SIZE:
+                    self._d.clear()
+            self._d[key] = (self.clock() + ttl_s, pset, decision)
 
 
 # A pod with more distinct images than this is refused: each needs a registry call, and one
@@ -137,17 +184,47 @@ def decide(req: Request, deps: Deps, budget: Budget) -> Decision:
             "scapgate judges at most that many per object")
         return Decision({"allowed": False, "status": denied}, "error", "too_many_images")
     namespace = _namespace(req)
-    checks = _plan(containers, namespace, deps)
+    today = dt.datetime.fromtimestamp(deps.clock(), dt.timezone.utc).date()
+    pset = deps.policies()
+    key = _memo_key(req, containers, namespace, today) if deps.memo_s > 0 else None
+    if key is not None:
+        hit = deps.memo.get(key, pset)
+        if hit is not None:
+            return dataclasses.replace(hit, memo=True)
+    checks = _plan(containers, namespace, deps, pset)
     if not any(c.policy for c in checks):
         return _allow("no_policy", checks)
     _resolve(checks, deps, budget)
     _find_results(checks, deps, budget)
-    today = dt.datetime.fromtimestamp(deps.clock(), dt.timezone.utc).date()
     for c in _undecided(checks):
         c.verdict = policy_mod.evaluate(c.result, c.policy, image=str(c.ref),
                                         namespace=namespace, today=today)
     _break_glass(checks, req, deps)
-    return _respond(checks, deps)
+    decision = _respond(checks, deps)
+    if key is not None and _reusable(decision):
+        deps.memo.put(key, pset, decision, deps.memo_s)
+    return decision
+
+
+def _memo_key(req: Request, containers: list[Container], namespace: str, today) -> tuple | None:
+    """Every input of the decision (see Memo), or None when one cannot be keyed."""
+    obj = req.get("object") if isinstance(req.get("object"), dict) else {}
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    kind = req["kind"]
+    try:
+        return (req["operation"], req.get("subResource") or "", kind.get("group") or "",
+                kind.get("version") or "", kind.get("kind"), namespace, tuple(containers),
+                orjson.dumps(req.get("userInfo"), option=orjson.OPT_SORT_KEYS),
+                orjson.dumps(_annotations(req), option=orjson.OPT_SORT_KEYS),
+                orjson.dumps(meta.get("ownerReferences"), option=orjson.OPT_SORT_KEYS), today)
+    except (TypeError, ValueError, orjson.JSONEncodeError):
+        return None
+
+
+def _reusable(decision: Decision) -> bool:
+    return decision.verdict in ("pass", "fail") and all(
+        c.cache == "hit" and c.resolve in ("hit", "miss") and not c.notes and c.glass is None
+        for c in decision.checks if c.policy)
 
 
 def _allow(reason: str, checks: list[Check] | None = None) -> Decision:
@@ -194,12 +271,13 @@ def _namespace(req: Request) -> str:
     return ns if isinstance(ns, str) and ns else "default"
 
 
-def _plan(containers: list[Container], namespace: str, deps: Deps) -> list[Check]:
+def _plan(containers: list[Container], namespace: str, deps: Deps,
+          pset: policy_mod.PolicySet | None = None) -> list[Check]:
     """Group containers by image and pick each image's policy (None: not gated)."""
     by_image: dict[str, Check] = {}
     for c in containers:
         by_image.setdefault(c.image, Check(c.image, [])).containers.append(c)
-    pset = deps.policies()
+    pset = pset if pset is not None else deps.policies()
     for check in by_image.values():
         try:
             check.ref = images_mod.parse(check.image)

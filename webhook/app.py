@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
         clock=clock or time.time, estimate=admission.Estimate(settings.scan_estimate_s),
         error_retry_s=settings.error_retry_s, scan_workers=settings.workers or os.cpu_count() or 2,
         report_url=settings.report_url, policy_root=settings.policy,
-        break_glass_controllers=frozenset(settings.break_glass_controllers))
+        break_glass_controllers=frozenset(settings.break_glass_controllers),
+        memo_s=settings.decision_memo_s)
     logs.setup()
     app = Flask("webhook")
     app.extensions["scapgate"] = deps

@@ -49,6 +49,7 @@ class Settings:
     l1_size: int = 100_000              # per-process TTL cache entries
     l1_ttl_s: float = 300.0             # how long a process trusts its own copy of a result
     resolve_ttl_s: float = 30.0         # tag → digest answers are reused this long
+    decision_memo_s: float = 1.0        # a pass/fail is reused for identical requests (replicas)
     margin_s: float = 1.5               # kept back from the apiserver's ?timeout= for the answer
     local_files: str = ""               # --local-files for remote OVAL feeds (offline)
     # -- admission webhook (scapgate serve) --

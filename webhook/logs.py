@@ -76,6 +76,7 @@ def record(req: dict, decision, duration_ms: float) -> dict:
         "reason": decision.reason,
         "reasons": sorted({r.id for c in checks if c.verdict for r in c.verdict.reasons}),
         "cache": caches[0] if len(caches) == 1 else ("mixed" if caches else ""),
+        "memo": decision.memo,
         "duration_ms": round(duration_ms, 2),
         "images": [_image(c) for c in checks],
         "policies": _policies(checks),
