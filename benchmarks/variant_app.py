@@ -9,54 +9,16 @@ SCAPGATE_BENCH_VARIANT is a comma list of:
   control      nothing patched (the same app as `scapgate serve`, to compare against)
   nolog        no decision log line (the upper bound of what logging costs)
   nometrics    no Prometheus counting per decision
-  memo         the whole Decision reused for 1 s for an identical request (same namespace,
-               operation, kind, user, annotations and containers): ReplicaSets create many
-               identical pods; an upper bound for a decision cache keyed on policy-set and
-               result versions
+  nomemo       no decision memo (admission.Memo, SCAPGATE_DECISION_MEMO_S=0): every review
+               decided afresh, as when every pod differs
 
 The fixes these variants measured before they were written (a compact log line, a ready Future
-on a resolver hit, gc.freeze after start-up, orjson) are in the code now; the `before` server
+on a resolver hit, gc.freeze after start-up, orjson, the decision memo) are in the code now; the `before` server
 of benchmarks/fastpath.py serves the code as it was, for the before/after figures.
 """
 from __future__ import annotations
 
 import os
-import threading
-
-
-def _memo():
-    import json
-    import time
-
-    from cachetools import TTLCache
-    from webhook import admission
-    from webhook.workload import containers_of
-    orig = admission.decide
-    cache = TTLCache(maxsize=10_000, ttl=1.0)
-    lock = threading.Lock()
-
-    def decide(req, deps, budget):
-        try:
-            obj = req.get("object") or {}
-            key = (req.get("namespace"), req.get("operation"), req.get("subResource"),
-                   json.dumps(req.get("kind"), sort_keys=True),
-                   json.dumps(req.get("userInfo"), sort_keys=True),
-                   json.dumps((obj.get("metadata") or {}).get("annotations"), sort_keys=True),
-                   tuple((c.path, c.image) for c in containers_of(req["kind"], obj)),
-                   req.get("oldObject") is None)
-        except Exception:
-            return orig(req, deps, budget)
-        with lock:
-            hit = cache.get(key)
-        if hit is not None:
-            return hit
-        out = orig(req, deps, budget)
-        if out.verdict in ("pass", "fail"):        # never reuse pending or error
-            with lock:
-                cache[key] = out
-        return out
-
-    admission.decide = decide
 
 
 def apply(variant: str) -> list[str]:
@@ -70,8 +32,8 @@ def apply(variant: str) -> list[str]:
             logs.record = lambda req, decision, ms: {}
         elif name == "nometrics":
             metrics.observe = lambda decision, seconds: None
-        elif name == "memo":
-            _memo()
+        elif name == "nomemo":
+            os.environ["SCAPGATE_DECISION_MEMO_S"] = "0"   # read by create_app's Settings
         else:
             raise ValueError(f"unknown variant {name!r}")
         applied.append(name)
