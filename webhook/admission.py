@@ -105,6 +105,9 @@ class Decision:
     reason: str
     checks: list[Check] = field(default_factory=list)
     memo: bool = False               # reused from an identical request (Memo)
+    # What logs and metrics derive from the checks alone, computed once and shared by the
+    # copies the Memo hands out (dataclasses.replace keeps the same dict).
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class Memo:

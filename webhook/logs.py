@@ -58,8 +58,7 @@ def record(req: dict, decision, duration_ms: float) -> dict:
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
     kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
     info = req.get("userInfo") if isinstance(req.get("userInfo"), dict) else {}
-    checks = [c for c in decision.checks if c.policy]
-    caches = sorted({c.cache for c in checks if c.cache})
+    part = _decision_part(decision)
     return {
         "event": "admission.decided",
         "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
@@ -74,13 +73,32 @@ def record(req: dict, decision, duration_ms: float) -> dict:
         "allowed": bool(decision.response.get("allowed")),
         "verdict": decision.verdict,
         "reason": decision.reason,
-        "reasons": sorted({r.id for c in checks if c.verdict for r in c.verdict.reasons}),
-        "cache": caches[0] if len(caches) == 1 else ("mixed" if caches else ""),
+        "reasons": part["reasons"],
+        "cache": part["cache"],
         "memo": decision.memo,
         "duration_ms": round(duration_ms, 2),
-        "images": [_image(c) for c in checks],
-        "policies": _policies(checks),
+        "images": part["images"],
+        "policies": part["policies"],
     }
+
+
+def _decision_part(decision) -> dict:
+    """The part of the record that depends on the decision alone, serialised once per
+    decision (orjson.Fragment): the pods of one ReplicaSet share a decision (admission.Memo)."""
+    derived = getattr(decision, "derived", None)
+    part = derived.get("log") if derived is not None else None
+    if part is None:
+        checks = [c for c in decision.checks if c.policy]
+        caches = sorted({c.cache for c in checks if c.cache})
+        part = {
+            "reasons": sorted({r.id for c in checks if c.verdict for r in c.verdict.reasons}),
+            "cache": caches[0] if len(caches) == 1 else ("mixed" if caches else ""),
+            "images": orjson.Fragment(orjson.dumps([_image(c) for c in checks], default=str)),
+            "policies": orjson.Fragment(orjson.dumps(_policies(checks), default=str)),
+        }
+        if derived is not None:
+            derived["log"] = part
+    return part
 
 
 def _cut(value, limit: int = 256):

@@ -53,15 +53,20 @@ def observe(decision, seconds: float) -> None:
     child(DECISIONS, decision.verdict, "true" if decision.response.get("allowed") else "false",
           decision.reason).inc()
     DECISION_SECONDS.observe(seconds)
-    counts: dict = {}
-    for c in decision.checks:
-        if c.cache:
-            counts[(CACHE, c.cache)] = counts.get((CACHE, c.cache), 0) + 1
-        if c.resolve:
-            counts[(RESOLVES, c.resolve)] = counts.get((RESOLVES, c.resolve), 0) + 1
-        for r in (c.verdict.reasons if c.verdict else ()):
-            k = (DECISION_RULES, r.id, r.severity)
-            counts[k] = counts.get(k, 0) + 1
+    derived = getattr(decision, "derived", None)
+    counts = derived.get("counts") if derived is not None else None
+    if counts is None:                   # once per decision, shared by its memo copies
+        counts = {}
+        for c in decision.checks:
+            if c.cache:
+                counts[(CACHE, c.cache)] = counts.get((CACHE, c.cache), 0) + 1
+            if c.resolve:
+                counts[(RESOLVES, c.resolve)] = counts.get((RESOLVES, c.resolve), 0) + 1
+            for r in (c.verdict.reasons if c.verdict else ()):
+                k = (DECISION_RULES, r.id, r.severity)
+                counts[k] = counts.get(k, 0) + 1
+        if derived is not None:
+            derived["counts"] = counts
     for (metric, *labels), n in counts.items():
         child(metric, *labels).inc(n)
 
