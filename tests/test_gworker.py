@@ -37,6 +37,7 @@ HEAD = b"POST /validate HTTP/1.1\r\nHost: x\r\n"
     (HEAD + b"Content-Length: 99999999999\r\n\r\n" + b"x" * 10, False),
     (HEAD + b"Content-Length: nonsense\r\n\r\n", True),                # the parser answers 400
     (b"X" * MAX_HEADER_BYTES, True),                                   # gunicorn refuses it
+    (HEAD + b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n", True),  # waits for 100
 ])
 def test_whole_request(buf, whole):
     assert request_complete(buf) is whole
@@ -115,6 +116,22 @@ def test_chunked_request_is_answered(server):
         status, _, resp = _read_response(f)
     assert status == 200
     assert json.loads(resp)["response"]["uid"] == "chunked"
+
+
+def test_expect_100_continue_is_answered(server):
+    """curl sends `Expect: 100-continue` with larger bodies and waits for the interim answer
+    before the body: the request goes to a thread at its headers, gunicorn answers 100."""
+    body = _review_body("expect")
+    s = _tls(server.port, server.ca)
+    with s, s.makefile("rb") as f:
+        head = _post(body, extra="Expect: 100-continue\r\n")[:-len(body)]
+        s.sendall(head)
+        assert f.readline().startswith(b"HTTP/1.1 100 ")
+        assert f.readline() == b"\r\n"
+        s.sendall(body)
+        status, _, resp = _read_response(f)
+    assert status == 200
+    assert json.loads(resp)["response"]["uid"] == "expect"
 
 
 @pytest.fixture(scope="module")

@@ -40,19 +40,24 @@ RECV_SIZE = 64 * 1024
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*(\d{1,12})[ \t]*\r\n", re.I)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:[^\r\n]*chunked", re.I)
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue", re.I)
 
 
 def request_complete(buf: bytes) -> bool:
     """Whether buf holds a whole HTTP/1.x request (or enough that a thread would not wait).
 
     Headers end at the first blank line. A Content-Length body must be in; a chunked body must
-    end with its last chunk; no body otherwise. Malformed framing counts as complete: gunicorn's
-    parser answers it (400) at once, with nothing left to wait for."""
+    end with its last chunk; no body otherwise. A request announcing `Expect: 100-continue`
+    is whole with its headers (curl sends one for larger bodies and waits for gunicorn's
+    interim answer). Malformed framing counts as complete: gunicorn's parser answers it (400)
+    at once, with nothing left to wait for."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return len(buf) >= MAX_HEADER_BYTES
     head = buf[:end + 2]
     body = len(buf) - end - 4
+    if _EXPECT.search(head):
+        return True     # the client waits for gunicorn's "100 Continue" before its body
     if _CHUNKED.search(head):
         return buf.endswith(b"0\r\n\r\n") or body >= MAX_PREREAD
     lengths = _CONTENT_LENGTH.findall(head)
