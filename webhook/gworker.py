@@ -100,7 +100,8 @@ class ReadyThreadWorker(ThreadWorker):
         conn.sock.setblocking(False)
         self.reading[id(conn)] = state
         self.buffered += len(state.buf)
-        if not self._advance(state):
+        self._on_event(state, None)
+        if id(conn) in self.reading and not state.events:
             self._watch(state, selectors.EVENT_READ)
 
     @staticmethod
@@ -126,7 +127,12 @@ class ReadyThreadWorker(ThreadWorker):
 
     def _on_event(self, state: _Reading, _fileobj):
         if id(state.conn) in self.reading:
-            self._advance(state)
+            try:
+                self._advance(state)
+            except Exception:       # never take the event loop (every connection) down
+                self.log.exception("closing a connection after an error reading its request")
+                if id(state.conn) in self.reading:
+                    self._close(state)
 
     def _advance(self, state: _Reading) -> bool:
         """Read what the socket has without blocking; True once the connection left us
@@ -181,8 +187,12 @@ class ReadyThreadWorker(ThreadWorker):
         conn = state.conn
         conn.sock.setblocking(True)
         if tls_done:
-            # HTTP/2: let TConn.init() pick its parser on the handshaken socket.
-            conn.init()
+            # HTTP/2 negotiated (only when gunicorn's http_protocols offers h2): set up its
+            # connection parser as TConn.init() does, on the socket already handshaken.
+            conn.initialized = conn.is_http2 = True
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client,
+                                          http2_connection=True)
+            conn.parser.initiate_connection()
         elif conn.parser is None:
             conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
             conn.initialized = True
