@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 
 from . import content as content_mod
 from .config import Settings
@@ -32,6 +33,9 @@ def cmd_scan(args) -> int:
         if pol is None:
             raise policy_mod.PolicyError("no policy")
         pipeline = engine.build_pipeline(settings)
+        # Asked while the registry is: the content's sha256 and `oscap --version` (a process
+        # start) are needed only once the image is fetched. Errors surface on the main path.
+        threading.Thread(target=_warm, args=(pol, pipeline), daemon=True).start()
         docker_config = _read_json(args.auth) if args.auth else None
         if args.source == "docker" or args.image.startswith("docker-daemon:"):
             from . import daemon
@@ -61,6 +65,14 @@ def cmd_scan(args) -> int:
         print(f"scapgate: cannot scan {args.image}: {res.error}", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_ALLOW if v.state == "pass" else EXIT_DENY
+
+
+def _warm(pol, pipeline) -> None:
+    try:
+        pol.content()
+        pipeline.oscap_version()
+    except Exception:           # content missing: the scan itself says so, with the path
+        pass
 
 
 def _read_json(path: str) -> dict:

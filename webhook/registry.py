@@ -130,6 +130,10 @@ def auth_file(docker_config: dict | None, fallback: str | None) -> Iterator[str 
 @dataclass
 class Registry:
     settings: RegistrySettings = field(default_factory=RegistrySettings)
+    # Manifests verified against their digest by resolve(), so a scan of the same image in
+    # this process does not ask skopeo again (a process start, ~40 ms). Keyed with the
+    # credentials' fingerprint: other credentials must show the registry lets them read it.
+    _manifests: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _tls_args(self, ref: ImageRef, prefix: str = "") -> list[str]:
         args = []
@@ -160,6 +164,10 @@ class Registry:
         return proc.stdout
 
     def raw_manifest(self, ref: ImageRef, *, docker_config: dict | None = None) -> bytes:
+        if ref.digest:
+            kept = self._manifests.get(_manifest_key(ref, ref.digest, docker_config))
+            if kept is not None:
+                return kept
         with auth_file(docker_config, self.settings.auth_file) as af:
             args = ["inspect", "--raw", "--retry-times=0", *self._tls_args(ref)]
             if af:
@@ -183,6 +191,10 @@ class Registry:
             raise RegistryError(f"registry returned a manifest for {ref} that is not JSON") from e
         media = doc.get("mediaType") or ("application/vnd.oci.image.index.v1+json"
                                          if "manifests" in doc else "")
+        if len(raw) <= 1 << 20:
+            if len(self._manifests) >= 256:
+                self._manifests.clear()
+            self._manifests[_manifest_key(ref, top, docker_config)] = raw
         if media not in MANIFEST_LIST_TYPES:
             return top, top
         return pick_platform(doc, platform or self.settings.platform, ref), top
@@ -202,6 +214,12 @@ class Registry:
                 args.append(f"--src-authfile={af}")
             self._run(ref, [*args, ref.transport(), f"oci:{layout}:{tag}"],
                       timeout=self.settings.timeout_s * 4, max_file_bytes=max_blob_bytes)
+
+
+def _manifest_key(ref: ImageRef, digest: str, docker_config: dict | None) -> tuple:
+    fingerprint = (hashlib.sha256(json.dumps(docker_config, sort_keys=True).encode()).hexdigest()
+                   if docker_config else "")
+    return ref.registry, ref.repository, digest, fingerprint
 
 
 def pick_platform(index: dict, platform: str, ref: ImageRef) -> str:
