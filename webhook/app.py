@@ -80,14 +80,9 @@ def _routes(app: Flask, deps: admission.Deps, settings: Settings, policy_status)
     @app.route("/validate", methods=METHODS, provide_automatic_options=False)
     def validate():
         t0 = time.perf_counter()
-        try:
-            review.check_headers(request.method, request.headers.get("Content-Type"))
-            body = review.read_body(_read_limited(), request.headers.get("Content-Encoding"))
-            req = review.decode(body)
-        except review.ReviewError as e:
-            metrics.BAD_REQUESTS.inc()
-            return jsonify(review.error_body(str(e))), e.status
-        budget = admission.Budget(parse_timeout(request.args.get("timeout")) - settings.margin_s)
+        req, budget, bad = _read_review(settings)
+        if bad:
+            return bad
         decision = _decide(req, deps, budget)
         seconds = time.perf_counter() - t0
         resp = Response(orjson.dumps(review.encode(req["uid"], decision.response)),
@@ -101,14 +96,9 @@ def _routes(app: Flask, deps: admission.Deps, settings: Settings, policy_status)
         """Optional: pin image tags to the digests the gate judges (webhook/mutate.py)."""
         from .mutate import pin
         t0 = time.perf_counter()
-        try:
-            review.check_headers(request.method, request.headers.get("Content-Type"))
-            body = review.read_body(_read_limited(), request.headers.get("Content-Encoding"))
-            req = review.decode(body)
-        except review.ReviewError as e:
-            metrics.BAD_REQUESTS.inc()
-            return jsonify(review.error_body(str(e))), e.status
-        budget = admission.Budget(parse_timeout(request.args.get("timeout")) - settings.margin_s)
+        req, budget, bad = _read_review(settings)
+        if bad:
+            return bad
         try:
             answer = pin(req, deps, budget)
         except Exception:                   # pinning is best effort; it never blocks a pod
@@ -148,6 +138,20 @@ def _routes(app: Flask, deps: admission.Deps, settings: Settings, policy_status)
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
         return jsonify(review.error_body(e.description or e.name, e.code or 400)), e.code or 400
+
+
+def _read_review(settings: Settings):
+    """(request, time budget, None) for a well-formed AdmissionReview POST, else
+    (None, None, the 400 answer): what /validate and /mutate both read first."""
+    try:
+        review.check_headers(request.method, request.headers.get("Content-Type"))
+        body = review.read_body(_read_limited(), request.headers.get("Content-Encoding"))
+        req = review.decode(body)
+    except review.ReviewError as e:
+        metrics.BAD_REQUESTS.inc()
+        return None, None, (jsonify(review.error_body(str(e))), e.status)
+    budget = admission.Budget(parse_timeout(request.args.get("timeout")) - settings.margin_s)
+    return req, budget, None
 
 
 def _read_limited() -> bytes:

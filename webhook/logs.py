@@ -54,18 +54,10 @@ def _emit(rec: dict) -> None:
 
 def record(req: dict, decision, duration_ms: float) -> dict:
     """The log record of one decision (an admission.Decision) for one request."""
-    obj = req.get("object") if isinstance(req.get("object"), dict) else {}
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
     info = req.get("userInfo") if isinstance(req.get("userInfo"), dict) else {}
     part = _decision_part(decision)
     return {
-        "event": "admission.decided",
-        "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-        "uid": req.get("uid"),
-        "namespace": _cut(req.get("namespace") or meta.get("namespace") or ""),
-        "kind": "/".join(p for p in (kind.get("group"), kind.get("kind")) if p),
-        "name": _cut(req.get("name") or meta.get("name") or meta.get("generateName") or ""),
+        **_about("admission.decided", req),
         "operation": req.get("operation"),
         "subresource": req.get("subResource") or "",
         "dry_run": bool(req.get("dryRun")),
@@ -79,6 +71,21 @@ def record(req: dict, decision, duration_ms: float) -> dict:
         "duration_ms": round(duration_ms, 2),
         "images": part["images"],
         "policies": part["policies"],
+    }
+
+
+def _about(event: str, req: dict) -> dict:
+    """The fields every line starts with: event, time, and which object of which request."""
+    obj = req.get("object") if isinstance(req.get("object"), dict) else {}
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
+    return {
+        "event": event,
+        "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+        "uid": req.get("uid"),
+        "namespace": _cut(req.get("namespace") or meta.get("namespace") or ""),
+        "kind": "/".join(p for p in (kind.get("group"), kind.get("kind")) if p),
+        "name": _cut(req.get("name") or meta.get("name") or meta.get("generateName") or ""),
     }
 
 
@@ -148,17 +155,9 @@ def log_decision(rec: dict) -> None:
 
 def log_pinned(req: dict, answer: dict, seconds: float) -> None:
     """One line per /mutate call: which images were pinned to which digests."""
-    obj = req.get("object") if isinstance(req.get("object"), dict) else {}
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    kind = req.get("kind") if isinstance(req.get("kind"), dict) else {}
     pinned = (answer.get("auditAnnotations") or {}).get("pinned", "")
     _emit({
-        "event": "admission.pinned",
-        "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
-        "uid": req.get("uid"),
-        "namespace": _cut(req.get("namespace") or meta.get("namespace") or ""),
-        "kind": "/".join(p for p in (kind.get("group"), kind.get("kind")) if p),
-        "name": _cut(req.get("name") or meta.get("name") or meta.get("generateName") or ""),
+        **_about("admission.pinned", req),
         "pinned": [_cut(x, 600) for x in pinned.split(",")[:64]] if pinned else [],
         "warnings": answer.get("warnings", []),
         "duration_ms": round(seconds * 1000, 2)})
