@@ -1,9 +1,9 @@
 """The baseline: a bare Flask app that parses the AdmissionReview and answers "allowed".
 
-Served by the very gunicorn settings scapgate uses (webhook/gunicorn_conf.py: gthread workers,
+Served by the very gunicorn settings scapgate uses (webhook/serve/gunicorn_conf.py: gthread workers,
 threads, keep-alive, TLS context), with the scan workers turned off:
 
-    SCAPGATE_EMBEDDED_WORKERS=false gunicorn -c python:webhook.gunicorn_conf \
+    SCAPGATE_EMBEDDED_WORKERS=false gunicorn -c python:webhook.serve.gunicorn_conf \
         'benchmarks.baseline_app:create_app()'
 """
 from __future__ import annotations

@@ -8,6 +8,7 @@ decision was a cache hit, then emptied (a line is ~3.5 KB).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from . import bodies, images, loadgen, profiling, servers
 from .common import REPO, Section, f, fr, log, median, ratio
 
 KYVERNO_P95_MS, KYVERNO_P99_MS = 103.0, 182.0
-# The code before the fast-path work of issue 8 (the last commit before it): served beside
-# today's in section 1e for the before/after figures.
-BEFORE_COMMIT = "877b0a7"
+# The last commit before the work being measured, served beside today's in section 1e for the
+# before/after figures: dd6c7dc is the flat webhook/ before the one-package-per-stage layout
+# (issue 12); 877b0a7 was the code before issue 8's fast path. SCAPGATE_BENCH_BEFORE overrides.
+BEFORE_COMMIT = os.environ.get("SCAPGATE_BENCH_BEFORE", "dd6c7dc")
 
 
 @dataclass
@@ -196,6 +198,7 @@ def _experiments(srv, ctx, plan) -> dict:
                    "SCAPGATE_POLICY": str(ctx.policy),
                    "SCAPGATE_STORE": f"sqlite:///{state / 'scapgate.db'}"}
             app, cwd = "benchmarks.variant_app:create_app()", None
+            config = "python:webhook.serve.gunicorn_conf"
             if variant == "before":
                 tree = _before_tree(ctx.work / "before")
                 if tree is None:
@@ -203,8 +206,9 @@ def _experiments(srv, ctx, plan) -> dict:
                     continue
                 # its own webhook package and gunicorn config come first on the path
                 env["PYTHONPATH"], app, cwd = str(tree), "webhook:create_app()", tree
+                config = "python:webhook.gunicorn_conf"     # that tree's flat layout
             vs = servers.start_gunicorn_app(name, app, ctx.work / "variants", ctx.certs,
-                                            env=env, cwd=cwd)
+                                            env=env, cwd=cwd, config=config)
             started[variant] = vs
             servers.warm(vs, Path(ctx.body_paths["pod5"]).read_bytes(), deadline_s=30)
             loadgen.closed_loop(vs.port, ctx.body_paths["pod5"], connections=plan.sat_conns,
@@ -252,7 +256,7 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
                 intro=(f"wrk -t{plan.wrk_threads} -c{plan.sat_conns} -d{plan.sat_s:g}s, keep-alive "
                        f"TLS, {plan.sat_rounds} interleaved rounds per body; median of rounds. "
                        "scapgate = `scapgate serve` as `make run` starts it (2 gunicorn "
-                       "workers × 16 threads of webhook/gworker.py's gthread subclass, TLS, "
+                       "workers × 16 threads of webhook/serve/gworker.py's gthread subclass, TLS, "
                        "policies/, scan workers); baseline = bare Flask app (parse the review, "
                        "answer allowed) under the same gunicorn config. Bodies: " +
                        ", ".join(f"{k} {v:,} bytes" for k, v in sizes.items()) + ". The load "
@@ -362,7 +366,7 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
                 f"before this work ({BEFORE_COMMIT}) and by variants of today's",
                 intro=("`control` is today's scapgate (create_app() under today's gunicorn "
                        f"config); `before` is the code of commit {BEFORE_COMMIT} (git archive: "
-                       "its own webhook package and gunicorn config, gthread workers) reading "
+                       "its own webhook package and gunicorn config) reading "
                        "the same store; the other variants are today's app with one function "
                        "replaced at its seam (benchmarks/variant_app.py). wrk "
                        f"-c{plan.sat_conns}, 5-container pod, {plan.exp_rounds} × "

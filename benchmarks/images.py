@@ -2,7 +2,7 @@
 
 - synthetic(n): n distinct synthetic Debian 12 roots (13 files, < 1 s to scan): the fast path
   needs scanned images, not big ones.
-- debootstrap(): the cached real Debian 12 minbase image (tests.imagebuild, ≈ 60 s cold).
+- debootstrap(): the cached real Debian 12 minbase image (tests.builders.imagebuild, ≈ 60 s cold).
 - derived(n): the debootstrap image's layer + one small layer of its own per image: n distinct
   digests that share their base layer, like images built FROM one base.
 """
@@ -13,8 +13,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests import imagebuild
-from tests.registry import Registry
+from tests.builders import imagebuild
+from tests.builders.registry import Registry
 
 
 def synthetic(layout: Path, registry: Registry, n: int, repo: str = "bench/app") -> list[str]:

@@ -62,7 +62,7 @@ class Decidable:
 
 def _slim_from_json():
     """Parse a store body into a Decidable, sharing rule results between entries."""
-    from webhook.results import OvalResult, RuleResult
+    from webhook.scan.results import OvalResult, RuleResult
     rules: dict = {}
     empty: tuple = ()
 
@@ -82,9 +82,9 @@ def _slim_from_json():
 
 
 def child(mode: str, n: int, template_path: str) -> dict:
-    from webhook.results import ScanResult
-    from webhook.scans import ScanService
-    from webhook.store import SQLiteStore
+    from webhook.scan.results import ScanResult
+    from webhook.store.scans import ScanService
+    from webhook.store.sqlite import SQLiteStore
     with open(template_path) as fh:
         template = json.load(fh)
     tmp = tempfile.mkdtemp(prefix="scapgate-bench-mem-")
@@ -97,7 +97,7 @@ def child(mode: str, n: int, template_path: str) -> dict:
             with service._lock:                # the whole result, as parsed
                 service._l1[res.key.id()] = res
     elif mode == "decidable":
-        from webhook.results import ScanKey
+        from webhook.scan.results import ScanKey
         slim = _slim_from_json()
         for body in _bodies(template, n):
             entry, key = slim(body)
@@ -156,6 +156,7 @@ def run(ctx, plan):
     under the work directory)."""
     import glob
     import sqlite3
+
     from .common import Section, f, fr, log, ratio
     body = getattr(ctx, "result_template", None)
     if not body:

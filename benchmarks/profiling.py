@@ -82,7 +82,7 @@ _STDLIB = re.compile(r"/python3\.\d+/")
 
 
 def _short(file: str) -> str:
-    """webhook/app.py, flask/app.py, stdlib logging/__init__.py: a path a reader can place."""
+    """webhook/serve/app.py, flask/app.py, stdlib logging/__init__.py: a path a reader can place."""
     if "/site-packages/" in file:
         return file.split("/site-packages/")[-1]
     for mark in ("webhook/", "benchmarks/"):

@@ -81,7 +81,7 @@ def _preflight(sections) -> list[str]:
         problems.append("the scapgate venv is missing: run `make deps`")
     if {"cold", "shared", "throughput"} & set(sections) and os.geteuid() != 0:
         problems.append("the debootstrap image (and umoci's exact ownership) need root")
-    from tests import imagebuild
+    from tests.builders import imagebuild
     if not imagebuild.datastream_path().exists():
         problems.append(f"{imagebuild.datastream_path()} missing: scripts/install-content.sh")
     return problems
@@ -118,8 +118,8 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     out: list[Section] = []
     failed: list[str] = []
-    from tests.registry import start_registry
-    from tests import imagebuild
+    from tests.builders import imagebuild
+    from tests.builders.registry import start_registry
     if {"cold", "shared", "throughput", "memory"} & set(sections):
         log("debootstrap image (cached; ≈ 60 s when cold)")
         imagebuild.debootstrap_root("good")

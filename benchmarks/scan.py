@@ -12,6 +12,7 @@ Shared layers: scans run in one long-lived process the way a `scapgate worker` r
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -105,17 +106,20 @@ def plain_scan(ref: str, work: Path, datastream: str) -> dict:
 
 def child(state: str, policy: str, refs: list[str]) -> list[dict]:
     """Scan refs one after another in this process, as a scan worker does."""
-    from webhook import engine, policy as policy_mod
+    from webhook import policy as policy_mod
     from webhook.config import Settings
+    from webhook.scan import engine
     settings = Settings.from_env(state_dir=state)
     pol = policy_mod.load_set(policy).policies[0]
     pipeline = engine.build_pipeline(settings)
     out = []
     for ref in refs:
         t0 = time.perf_counter()
-        oc = engine.scan_image(ref, pol, pipeline)
+        oc = engine.scan_image(ref, pol.content(), pipeline)
+        verdict = policy_mod.evaluate(oc.result, pol, image=str(oc.ref), namespace="default",
+                                      today=datetime.date.today())
         out.append({"ref": ref, "wall": time.perf_counter() - t0, "timings": oc.result.timings,
-                    "state": oc.result.state, "verdict": oc.verdict.state,
+                    "state": oc.result.state, "verdict": verdict.state,
                     "error": oc.result.error, "body": oc.result.to_json()})
     return out
 
@@ -138,7 +142,9 @@ def walk_experiment(layout: str, tag: str, rounds: int) -> dict:
     stage as it was (walk, then umoci) against unpack.unpack as it is (the walk beside umoci,
     then rootfs.confine). Interleaved; every walk must find the same files and bytes."""
     import gzip
-    from webhook import unpack as up
+
+    from webhook.scan import unpack as up
+
     from . import walk_proto
     limits = up.UnpackLimits()
     layers = up.layers_of(layout, tag)
@@ -189,7 +195,7 @@ def walk_experiment(layout: str, tag: str, rounds: int) -> dict:
         return run
 
     def before(scratch):
-        from webhook.rootfs import confine
+        from webhook.scan.rootfs import confine
         walk_gzip()
         umoci(scratch)
         confine(os.path.join(scratch, "rootfs"), limits)
@@ -224,7 +230,8 @@ def arf_experiment(arf_gz: str, rounds: int) -> dict:
     """What happens to the ARF after oscap: parse_arf, and storing it: zlib level 6 (before)
     against oscap.compress (now: ISA-L level 1), and zlib level 1."""
     import gzip
-    from webhook import oscap
+
+    from webhook.scan import oscap
     work = tempfile.mkdtemp(prefix="arf-", dir="/dev/shm")
     arf = os.path.join(work, "arf.xml")
     with gzip.open(arf_gz, "rb") as src, open(arf, "wb") as dst:
@@ -281,7 +288,8 @@ if __name__ == "__main__":
 # -- orchestration ----------------------------------------------------------------------------
 
 def run_cold(ctx, plan) -> list[Section]:
-    from tests import imagebuild
+    from tests.builders import imagebuild
+
     from . import bodies, images, profiling, servers
     reg = ctx.registry
     good = images.debootstrap("good")
@@ -404,10 +412,10 @@ def _cold_sections(runs, prof, first, exp, plan) -> list[Section]:
                    "of the wall time is skopeo, umoci and oscap. Inclusive, webhook/ and the "
                    "libraries it calls:")
         p.headers = ["function (inclusive)", "≈ s", "% of Python samples"]
-        wanted = ("webhook/unpack.py", "webhook/oscap.py", "webhook/pipeline.py",
-                  "webhook/rootfs.py", "webhook/cli.py:cmd_scan", "webhook/engine.py",
-                  "webhook/registry.py", "webhook/policy.py:load_set", "tarfile.py:TarFile.next",
-                  "gzip.py", "<frozen importlib._bootstrap>:_find_and_load")
+        wanted = ("webhook/scan/unpack.py", "webhook/scan/oscap.py", "webhook/scan/pipeline.py",
+                  "webhook/scan/rootfs.py", "webhook/cli.py:cmd_scan", "webhook/scan/engine.py",
+                  "webhook/scan/registry.py", "webhook/policy/model.py:load_set",
+                  "tarfile.py:TarFile.next", "gzip.py", "<frozen importlib._bootstrap>:_find_and_load")
         for name, share in profiling.top(prof, "inclusive", 300):
             if name.startswith(wanted):
                 rows.append([name, f(share / 100 * total_s, 2), f(share, 1)])

@@ -107,10 +107,11 @@ def start_scapgate(work: Path, certs: Path, *, policy: Path, env: dict | None = 
 
 
 def start_gunicorn_app(name: str, app: str, work: Path, certs: Path, *,
-                       env: dict | None = None, cwd: Path | None = None) -> Server:
+                       env: dict | None = None, cwd: Path | None = None,
+                       config: str = "python:webhook.serve.gunicorn_conf") -> Server:
     """Any app under scapgate's own gunicorn config (the baseline, or a scapgate variant).
     `python -m` puts the working directory first on sys.path: cwd picks which tree's
-    `webhook` package (and gunicorn config) is served."""
+    `webhook` package (and gunicorn config, named by `config` in that tree) is served."""
     port = free_port()
     log_path = work / f"{name}.log"
     (work / f"{name}-state").mkdir(parents=True, exist_ok=True)
@@ -118,7 +119,7 @@ def start_gunicorn_app(name: str, app: str, work: Path, certs: Path, *,
                 "SCAPGATE_TLS_KEY": str(certs / "tls.key"),
                 "SCAPGATE_STATE_DIR": str(work / f"{name}-state"),
                 "SCAPGATE_EMBEDDED_WORKERS": "false"}
-    proc = Proc([PY, "-m", "gunicorn", "--config", "python:webhook.gunicorn_conf", app],
+    proc = Proc([PY, "-m", "gunicorn", "--config", config, app],
                 env=_env({**settings, **(env or {})}), log_path=log_path, cwd=cwd or REPO)
     return Server(name, proc, port, certs, log_path).wait_ready()
 

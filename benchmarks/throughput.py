@@ -47,7 +47,7 @@ def _phase(ctx, state, service, jobs, processes: int, label: str, deadline_s: fl
     finally:
         for w in workers:
             w.stop(timeout=20)
-    from webhook.results import ScanResult
+    from webhook.scan.results import ScanResult
     results = [ScanResult.from_json(b) for b in done.values()]
     bad = [r.error for r in results if r.state != "done"]
     per_scan = [sum(r.timings.values()) for r in results if r.state == "done"]
@@ -57,10 +57,12 @@ def _phase(ctx, state, service, jobs, processes: int, label: str, deadline_s: fl
 
 
 def run(ctx, plan) -> list[Section]:
-    from webhook import engine, policy as policy_mod
+    from webhook import policy as policy_mod
     from webhook.config import Settings
-    from webhook.scans import Job, ScanService
-    from webhook.store import open_store
+    from webhook.scan import engine
+    from webhook.store.backends import open_store
+    from webhook.store.scans import Job, ScanService
+
     from . import images
     reg = ctx.registry
     good = images.debootstrap("good")

@@ -2,7 +2,7 @@
 
 The webhook's code is not edited: this module replaces one function at its own seam, then
 builds the app with the real webhook.create_app(). It is served by the same gunicorn config
-(`gunicorn -c python:webhook.gunicorn_conf 'benchmarks.variant_app:create_app()'`) and reads
+(`gunicorn -c python:webhook.serve.gunicorn_conf 'benchmarks.variant_app:create_app()'`) and reads
 the same store as the scapgate server under test, so every result is already there (L2 → L1).
 SCAPGATE_BENCH_VARIANT is a comma list of:
 
@@ -22,7 +22,7 @@ import os
 
 
 def apply(variant: str) -> list[str]:
-    from webhook import logs, metrics
+    from webhook.serve import logs, metrics
     applied = []
     for name in [v.strip() for v in variant.split(",") if v.strip()]:
         if name == "control":

@@ -21,10 +21,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import imagebuild  # noqa: E402
-from tests.registry import start_registry  # noqa: E402
-from tests.webhook_fixtures import (Server, make_certs, make_review, pod_spec,  # noqa: E402
-                                    workload, write_policies)
+from tests.builders import imagebuild  # noqa: E402
+from tests.builders.registry import start_registry  # noqa: E402
+from tests.builders.webhooks import (  # noqa: E402
+    Server,
+    make_certs,
+    make_review,
+    pod_spec,
+    workload,
+    write_policies,
+)
 
 
 def pct(values: list[float], q: float) -> float:

@@ -31,8 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests import imagebuild  # noqa: E402  (builds OCI images byte by byte, no engine needed)
-from tests.registry import start_registry  # noqa: E402
+from tests.builders import imagebuild  # noqa: E402  (builds OCI images byte by byte, no engine needed)
+from tests.builders.registry import start_registry  # noqa: E402
 
 CERTS = REPO / ".state" / "certs"
 SERVICE, NAMESPACE = "scapgate", "scapgate"      # what `make certs` made the certificate for

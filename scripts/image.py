@@ -90,8 +90,9 @@ def base_image(client, log: Callable[[str], None] = print) -> str:
     """Import the cached debootstrap bookworm root as scapgate-base:<digest prefix>; reuse it
     when the engine already has that tag. Returns the image reference."""
     sys.path.insert(0, str(REPO))
-    from tests import imagebuild
     import docker.errors
+
+    from tests.builders import imagebuild
 
     cached = imagebuild.debootstrap_root("good")
     ref = f"{BASE_REPO}:bookworm-{cached.digest.split(':')[1][:16]}"

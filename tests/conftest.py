@@ -3,7 +3,7 @@
 Fixtures (all session-scoped, built once per run):
   scap_datastream  Path of ssg-debian12-ds.xml ($SCAPGATE_CONTENT_DIR, else .state/content;
                    installed with scripts/install-content.sh when missing).
-  registry         tests.registry.Registry: plain HTTP, anonymous; .host, .push(layout, tag,
+  registry         tests.builders.registry.Registry: plain HTTP, anonymous; .host, .push(layout, tag,
                    "repo:tag"), .src_args() for skopeo.
   auth_registry    Registry with TLS (own CA: .ca_path, .cert_dir, .certs_d) and htpasswd
                    basic auth (.user, .password, .auth_json).
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import imagebuild
-from tests.registry import ImageRef, Registry, start_auth_registry, start_registry
+from tests.builders import imagebuild
+from tests.builders.registry import ImageRef, Registry, start_auth_registry, start_registry
 
 SLOW_FIXTURES = {"debian_images"}
 

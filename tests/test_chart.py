@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.webhook_fixtures import ApiServer, Server, make_review, pod_spec, workload
+from tests.builders.webhooks import ApiServer, Server, make_review, pod_spec, workload
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "scapgate"
@@ -631,10 +631,11 @@ def test_container_args_and_settings_are_the_apps(helm, values):
     """Every container command parses with scapgate's own CLI, and every SCAPGATE_* variable
     is a setting the app reads (a misspelt one would be silently ignored)."""
     import dataclasses
+
     from webhook.cli import build_parser
     from webhook.config import Settings
     known = {f"SCAPGATE_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-    known |= {"SCAPGATE_LOG_LEVEL"}                      # read by webhook/gunicorn_conf.py
+    known |= {"SCAPGATE_LOG_LEVEL"}                      # read by webhook/serve/gunicorn_conf.py
     for dep in (d for d in render(helm, *VALUE_SETS[values]) if d["kind"] == "Deployment"
                 and d["metadata"]["name"] != f"{FULLNAME}-redis"):
         c = container(dep)

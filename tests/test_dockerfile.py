@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import imagebuild as ib
-from tests.webhook_fixtures import ApiServer, free_port
+from tests.builders import imagebuild as ib
+from tests.builders.webhooks import ApiServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TAG = "scapgate:test"

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import importlib
 import json
-import os
 import sys
 import tempfile
 import threading
 
-from . import content as content_mod
 from .config import Settings
+from .scan import content as content_mod
 
 EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
 
@@ -24,8 +24,9 @@ def _progress(stage: str, seconds: float) -> None:
 
 
 def cmd_scan(args) -> int:
-    from . import engine, images, policy as policy_mod, oscap
-    from .registry import RegistryError
+    from . import policy as policy_mod
+    from .scan import engine, images
+    from .scan.registry import RegistryError
     settings = Settings.from_env(state_dir=args.state_dir, platform=args.platform)
     try:
         pset = policy_mod.load_set(args.policy or settings.policy)
@@ -38,12 +39,11 @@ def cmd_scan(args) -> int:
         threading.Thread(target=_warm, args=(pol, pipeline), daemon=True).start()
         docker_config = _read_json(args.auth) if args.auth else None
         if args.source == "docker" or args.image.startswith("docker-daemon:"):
-            from . import daemon
-            outcome = daemon.scan_daemon_image(args.image.removeprefix("docker-daemon:"), pol,
-                                               pipeline, namespace=args.namespace,
-                                               progress=_progress)
+            from .scan import daemon
+            outcome = daemon.scan_daemon_image(args.image.removeprefix("docker-daemon:"),
+                                               pol.content(), pipeline, progress=_progress)
         else:
-            outcome = engine.scan_image(args.image, pol, pipeline, namespace=args.namespace,
+            outcome = engine.scan_image(args.image, pol.content(), pipeline,
                                         platform=args.platform, docker_config=docker_config,
                                         progress=_progress)
     except (images.ReferenceError, RegistryError, content_mod.ContentError,
@@ -52,7 +52,10 @@ def cmd_scan(args) -> int:
             print(json.dumps({"image": args.image, "state": "error", "error": str(e)}))
         print(f"scapgate: cannot scan {args.image}: {e}", file=sys.stderr)
         return EXIT_ERROR
-    res, v = outcome.result, outcome.verdict
+    res = outcome.result
+    name = str(outcome.ref) if outcome.ref.registry != images.DAEMON else outcome.ref.repository
+    v = policy_mod.evaluate(res, pol, image=name, namespace=args.namespace,
+                            today=dt.date.today())
     if args.report and res.state == "done":
         _write_report(res.arf_path, args.report)
     if args.json:
@@ -60,7 +63,7 @@ def cmd_scan(args) -> int:
                           "profile": pol.profile, "verdict": _verdict_json(v),
                           "result": dataclasses.asdict(res)}, indent=1, default=str))
     else:
-        print(summary(outcome, pol))
+        print(summary(outcome, v, pol))
     if res.state == "error":
         print(f"scapgate: cannot scan {args.image}: {res.error}", file=sys.stderr)
         return EXIT_ERROR
@@ -81,7 +84,7 @@ def _read_json(path: str) -> dict:
 
 
 def _write_report(arf_path: str, dest: str) -> None:
-    from . import oscap
+    from .scan import oscap
     with open(arf_path, "rb") as fh, tempfile.TemporaryDirectory() as work:
         html = oscap.html_report(fh.read(), work)
     with open(dest, "wb") as out:
@@ -96,9 +99,9 @@ def _verdict_json(v) -> dict:
                         "expires": w.expires.isoformat()} for r, w in v.waived]}
 
 
-def summary(outcome, pol, limit: int = 20) -> str:
+def summary(outcome, v, pol, limit: int = 20) -> str:
     """The human summary on stdout: digest, profile, counts, failing rules worst first."""
-    res, v = outcome.result, outcome.verdict
+    res = outcome.result
     lines = [f"image:   {outcome.ref}", f"digest:  {outcome.digest}",
              f"policy:  {pol.name} (profile {pol.profile.rsplit('_profile_', 1)[-1]})"]
     if res.state == "error":
@@ -155,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each module adds its own subcommands through `register(subparsers)`.
-COMMAND_MODULES: list[str] = ["webhook.server", "webhook.worker", "webhook.policy_cli"]
+COMMAND_MODULES: list[str] = ["webhook.serve.server", "webhook.store.worker", "webhook.policy.cli"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ Defaults deny when in doubt (fail closed); every fallback is a named setting.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,7 +62,7 @@ class Settings:
                                         # `scapgate worker` runs as its own Deployment
     keepalive_s: int = 95               # > Go's 90 s idle timeout: the apiserver closes, not us
     request_read_timeout_s: float = 10.0  # TLS handshake + whole request, from its first byte;
-                                        # read without a thread (webhook/gworker.py)
+                                        # read without a thread (webhook/serve/gworker.py)
     resolve_cache_size: int = 10_000    # tag → digest answers kept per process
     pinned_ttl_s: float = 86_400.0      # index digest → platform digest never changes; re-check daily
     error_retry_s: float = 30.0         # a transient scan error is retried by admissions after this

@@ -1,0 +1,270 @@
+"""Policies: what is enforced, where, with which exceptions — loaded, validated and selected.
+
+A policy file is YAML checked against policies/schema/imagepolicy.schema.json; a PolicySet holds
+every file in force and picks the one that applies to an image in a namespace. The verdict for
+an image is computed from this model in verdict.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import jsonschema
+
+from ..config import REPO
+from ..scan import content as content_mod
+from ..scan.results import ContentSpec
+from .file import PolicyError, dates_to_text, line_of, read_document
+
+SELECT_MEMO = 4096        # (namespace, image) → policy answers a PolicySet keeps
+
+SCHEMA_PATH = os.path.join(REPO, "policies", "schema", "imagepolicy.schema.json")
+DEFAULTS = {
+    "denySeverity": "medium", "enforcement": "enforce", "pending": "deny", "error": "deny",
+    "stale": "decide", "maxScanAge": "7d", "waiverWarningDays": 14,
+}
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_OVAL_ID = re.compile(r"^oval:[A-Za-z0-9_.-]+:def:[0-9]+$")
+_XCCDF_RULE = re.compile(r"^xccdf_.*_rule_|^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Waiver:
+    """An approved exception for one rule, OVAL definition or CVE id, in some images and
+    namespaces, until (and including) `expires`. `line` is where it is written, for messages."""
+
+    rule: str
+    reason: str
+    owner: str
+    ticket: str
+    expires: dt.date
+    images: tuple[str, ...] = ("*",)
+    namespaces: tuple[str, ...] = ("*",)
+    approved_by: str = ""
+    line: int = 0
+
+    @property
+    def kind(self) -> str:
+        """rule (XCCDF rule id, full or short), oval (definition id) or ref (CVE/DSA/… id)."""
+        if _OVAL_ID.match(self.rule):
+            return "oval"
+        return "rule" if _XCCDF_RULE.match(self.rule) else "ref"
+
+    def covers(self, rule_id: str, image: str, namespace: str, refs=()) -> bool:
+        """Whether the waiver names this finding here, whatever its expiry."""
+        return ((_rule_matches(self.rule, rule_id) or self.rule in refs)
+                and matches_any(image, self.images) and matches_any(namespace, self.namespaces))
+
+    def applies(self, rule_id: str, image: str, namespace: str, today: dt.date,
+                refs=()) -> bool:
+        """An expired waiver stops applying by itself (it is valid through its expiry date)."""
+        return today <= self.expires and self.covers(rule_id, image, namespace, refs)
+
+    def days_left(self, today: dt.date) -> int:
+        return (self.expires - today).days
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    owner: str
+    description: str
+    path: str
+    sha256: str
+    datastream: str
+    profile: str
+    tailoring: str | None = None
+    oval: tuple[str, ...] = ()
+    priority: int = 0
+    default: bool = False
+    namespaces: tuple[str, ...] = ("*",)
+    exclude_namespaces: tuple[str, ...] = ()
+    images: tuple[str, ...] = ("*",)
+    exclude_images: tuple[str, ...] = ()
+    deny_severity: str = "medium"
+    min_score: float | None = None
+    always_enforce: frozenset[str] = frozenset()
+    never_enforce: frozenset[str] = frozenset()
+    deny_oval_true: bool = True
+    enforcement: str = "enforce"
+    on_pending: str = "deny"
+    on_error: str = "deny"
+    on_stale: str = "decide"
+    max_scan_age_s: int = 7 * 86400
+    waiver_warning_days: int = 14
+    waivers: tuple[Waiver, ...] = ()
+    break_glass_users: frozenset[str] = frozenset()
+    break_glass_groups: frozenset[str] = frozenset()
+
+    def content(self) -> ContentSpec:
+        """Content with hashes (raises content.ContentError when a file is missing)."""
+        return content_mod.spec(self.datastream, self.profile, self.tailoring, self.oval)
+
+    def matches_namespace(self, namespace: str) -> bool:
+        return (matches_any(namespace, self.namespaces)
+                and not matches_any(namespace, self.exclude_namespaces))
+
+    def matches_image(self, image: str) -> bool:
+        return matches_any(image, self.images) and not matches_any(image, self.exclude_images)
+
+
+def matches_any(value: str, patterns) -> bool:
+    """Glob match on the whole value: `kube-system` never matches `kube-system-evil`."""
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def short_rule_id(rule_id: str) -> str:
+    """The rule id after 'content_rule_': what denials and waivers show."""
+    return rule_id.rsplit("content_rule_", 1)[-1]
+
+
+def _rule_matches(pattern: str, rule_id: str) -> bool:
+    """A waiver may name the full XCCDF id or its short form (after 'content_rule_'); the id
+    it is compared with may be either too (Reasons carry the short form)."""
+    return pattern == rule_id or short_rule_id(pattern) == short_rule_id(rule_id)
+
+
+def parse_duration(text: str) -> int:
+    return int(text[:-1]) * UNITS[text[-1]]
+
+
+_schema_cache: dict | None = None
+
+
+def schema() -> dict:
+    global _schema_cache
+    if _schema_cache is None:
+        with open(SCHEMA_PATH) as fh:
+            _schema_cache = json.load(fh)
+    return _schema_cache
+
+
+def load(path: str) -> Policy:
+    """Read, schema-check and build one policy file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise PolicyError(f"{path}: cannot read policy: {e.strerror}") from e
+    doc, node = read_document(raw, path)
+    return from_document(doc, path=path, sha256=hashlib.sha256(raw).hexdigest(), node=node)
+
+
+def schema_errors(doc) -> list:
+    """Every JSON Schema error, in document order (lint reports all, the loader the first)."""
+    validator = jsonschema.Draft202012Validator(
+        schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    return sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+
+
+def from_document(doc, *, path: str = "<inline>", sha256: str = "", node=None) -> Policy:
+    doc = dates_to_text(doc)
+    errors = schema_errors(doc)
+    if errors:
+        e = errors[0]
+        where = ".".join(str(p) for p in e.absolute_path) or "(top)"
+        line = line_of(node, list(e.absolute_path))
+        more = f" (and {len(errors) - 1} more; run `scapgate policy lint`)" if len(errors) > 1 else ""
+        raise PolicyError(f"{path}{f':{line}' if line else ''}: {where}: {e.message}{more}",
+                          line=line)
+    meta, spec = doc["metadata"], doc["spec"]
+    base = os.path.dirname(os.path.abspath(path)) if path != "<inline>" else None
+    c, r = spec["content"], spec.get("rules", {})
+    m, a = spec.get("match", {}), spec.get("actions", {})
+    bg = spec.get("breakGlass", {})
+    try:
+        waivers = tuple(Waiver(rule=w["rule"], reason=w["reason"], owner=w["owner"],
+                               ticket=w["ticket"], expires=dt.date.fromisoformat(w["expires"]),
+                               images=tuple(w.get("images", ["*"])),
+                               namespaces=tuple(w.get("namespaces", ["*"])),
+                               approved_by=w.get("approvedBy", ""),
+                               line=line_of(node, ["spec", "waivers", i]))
+                        for i, w in enumerate(spec.get("waivers", [])))
+    except ValueError as e:
+        raise PolicyError(f"{path}: spec.waivers: invalid expiry date: {e}") from e
+    return Policy(
+        name=meta["name"], owner=meta["owner"], description=meta["description"], path=path,
+        sha256=sha256,
+        datastream=content_mod.resolve_path(c["datastream"], base), profile=c["profile"],
+        tailoring=content_mod.resolve_path(c["tailoring"], base) if c.get("tailoring") else None,
+        oval=tuple(content_mod.resolve_path(o, base) for o in c.get("oval", [])),
+        priority=spec.get("priority", 0), default=spec.get("default", False),
+        namespaces=tuple(m.get("namespaces", ["*"])),
+        exclude_namespaces=tuple(m.get("excludeNamespaces", [])),
+        images=tuple(m.get("images", ["*"])), exclude_images=tuple(m.get("excludeImages", [])),
+        deny_severity=r.get("denySeverity", DEFAULTS["denySeverity"]),
+        min_score=r.get("minScore"),
+        always_enforce=frozenset(r.get("alwaysEnforce", [])),
+        never_enforce=frozenset(r.get("neverEnforce", [])),
+        deny_oval_true=r.get("denyOvalTrue", True),
+        enforcement=spec.get("enforcement", DEFAULTS["enforcement"]),
+        on_pending=a.get("pending", DEFAULTS["pending"]), on_error=a.get("error", DEFAULTS["error"]),
+        on_stale=a.get("stale", DEFAULTS["stale"]),
+        max_scan_age_s=parse_duration(spec.get("maxScanAge", DEFAULTS["maxScanAge"])),
+        waiver_warning_days=spec.get("waiverWarningDays", DEFAULTS["waiverWarningDays"]),
+        waivers=waivers,
+        break_glass_users=frozenset(bg.get("users", [])),
+        break_glass_groups=frozenset(bg.get("groups", [])))
+
+# -- several policies -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PolicySet:
+    """All loaded policies. Precedence: among policies whose match selects the namespace (and
+    image), the highest priority wins, ties broken by name; a namespace no policy matches gets
+    the policy marked `default: true`, or none (allowed without a scan) when there is none."""
+
+    policies: tuple[Policy, ...]
+    source: str = ""
+    _chosen: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def select(self, namespace: str, image: str = "") -> Policy | None:
+        """The policy for an image in a namespace (remembered: the set never changes; a reload
+        builds a new set)."""
+        key = (namespace, image)
+        try:
+            return self._chosen[key]
+        except (KeyError, TypeError):
+            pass
+        chosen = self._select(namespace, image)
+        if isinstance(namespace, str) and isinstance(image, str):
+            if len(self._chosen) >= SELECT_MEMO:
+                self._chosen.clear()
+            self._chosen[key] = chosen
+        return chosen
+
+    def _select(self, namespace: str, image: str) -> Policy | None:
+        matching = [p for p in self.policies if not p.default and p.matches_namespace(namespace)
+                    and (not image or p.matches_image(image))]
+        if matching:
+            return sorted(matching, key=lambda p: (-p.priority, p.name))[0]
+        for p in sorted(self.policies, key=lambda p: (-p.priority, p.name)):
+            if p.default and p.matches_namespace(namespace) and (not image or p.matches_image(image)):
+                return p
+        return None
+
+
+def policy_files(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, f) for f in os.listdir(path)
+                      if f.endswith((".yaml", ".yml")) and not f.startswith("."))
+    return [path]
+
+
+def load_set(path: str) -> PolicySet:
+    """Load a file or every *.yaml in a directory; any invalid file fails the whole set, so a
+    half-valid change never replaces policies in force."""
+    files = policy_files(path)
+    if not files:
+        raise PolicyError(f"{path}: no policy files")
+    pols = tuple(load(f) for f in files)
+    names = [p.name for p in pols]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise PolicyError(f"{path}: duplicate policy names: {', '.join(dups)}")
+    return PolicySet(pols, source=path)

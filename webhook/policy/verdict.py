@@ -1,0 +1,152 @@
+"""The verdict for one image: thresholds and waivers applied to a stored scan result.
+
+The verdict is computed at admission time from a stored ScanResult and the policy, so a new
+threshold or waiver applies to the next request without a rescan. A denial is a value (Verdict
+with reasons), never an exception. The trail ties a decision to the exact policy file, content
+and image it was made from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+
+from ..scan.results import ContentSpec, ScanResult, severity_rank
+from .model import Policy, Waiver, short_rule_id
+
+WARNING_LIMIT = 120          # kube-apiserver shows warnings; keep each one short
+
+
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One thing that is wrong with an image: a failing rule, a true OVAL definition, a score."""
+
+    id: str
+    severity: str
+    title: str
+    kind: str = "rule"     # rule | oval | score
+    refs: tuple[str, ...] = ()     # CVE / advisory ids of an OVAL definition
+
+
+@dataclass
+class Verdict:
+    """The decision for one image under one policy.
+
+    state: pass | fail | pending | error. allowed already reflects enforcement mode and the
+    pending/error actions; warnings are what a developer should see even when allowed.
+    """
+
+    state: str
+    allowed: bool
+    reasons: list[Reason] = field(default_factory=list)
+    waived: list[tuple[Reason, Waiver]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    detail: str = ""
+    stale: bool = False
+
+
+def enforcement_of(rule_id: str, severity: str, policy: Policy) -> tuple[bool, str]:
+    """Whether a failing rule denies under this policy, and why (the words `explain` prints)."""
+    short = short_rule_id(rule_id)
+    if rule_id in policy.never_enforce or short in policy.never_enforce:
+        return False, "listed in rules.neverEnforce"
+    if rule_id in policy.always_enforce or short in policy.always_enforce:
+        return True, "listed in rules.alwaysEnforce"
+    if policy.deny_severity == "none":
+        return False, "rules.denySeverity is none"
+    if severity_rank(severity) >= severity_rank(policy.deny_severity):
+        return True, f"severity {severity} >= denySeverity {policy.deny_severity}"
+    return False, f"severity {severity} is below denySeverity {policy.deny_severity}"
+
+
+def waiver_for(reason: Reason, policy: Policy, *, image: str, namespace: str,
+               today: dt.date, expired: bool = False) -> Waiver | None:
+    """The first waiver in force for this finding (or, with expired=True, the first one that
+    would cover it but has expired — to tell the developer why it no longer helps)."""
+    for w in policy.waivers:
+        if w.covers(reason.id, image, namespace, reason.refs) and (today > w.expires) == expired:
+            return w
+    return None
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= WARNING_LIMIT else text[:WARNING_LIMIT - 1] + "…"
+
+
+def evaluate(result: ScanResult, policy: Policy, *, image: str, namespace: str,
+             today: dt.date) -> Verdict:
+    """Apply thresholds and waivers to a finished scan."""
+    if result.state == "error":
+        return on_state("error", policy, detail=result.error)
+    reasons, waived, warnings = [], [], []
+    for r in result.failed():
+        if enforcement_of(r.id, r.severity, policy)[0]:
+            reasons.append(Reason(short_rule_id(r.id), r.severity, r.title))
+    if policy.deny_oval_true:
+        for o in result.oval:
+            if o.result == "true" and o.klass in ("vulnerability", "patch", ""):
+                refs = ", ".join(o.references[:3])
+                reasons.append(Reason(o.id, "high", f"{o.title} {refs}".strip(), kind="oval",
+                                      refs=tuple(o.references)))
+    kept = []
+    for reason in reasons:
+        w = waiver_for(reason, policy, image=image, namespace=namespace, today=today)
+        if w:
+            waived.append((reason, w))
+            if w.days_left(today) <= policy.waiver_warning_days:
+                warnings.append(clip(f"waiver for {reason.id} ({w.ticket}) expires "
+                                      f"{w.expires.isoformat()}, in {w.days_left(today)} days"))
+            continue
+        kept.append(reason)
+        gone = waiver_for(reason, policy, image=image, namespace=namespace, today=today,
+                          expired=True)
+        if gone:
+            warnings.append(clip(f"waiver for {reason.id} ({gone.ticket}) expired "
+                                  f"{gone.expires.isoformat()} and no longer applies"))
+    if policy.min_score is not None and result.score is not None and result.score < policy.min_score:
+        kept.append(Reason("score", "medium",
+                           f"score {result.score:.1f} is below the minimum {policy.min_score:g}",
+                           kind="score"))
+    state = "fail" if kept else "pass"
+    allowed = state == "pass" or policy.enforcement != "enforce"
+    return Verdict(state=state, allowed=allowed, reasons=kept, waived=waived, warnings=warnings)
+
+
+def on_state(state: str, policy: Policy, *, detail: str) -> Verdict:
+    """The policy's named action for a pending or error state (deny, allow or warn)."""
+    action = policy.on_pending if state == "pending" else policy.on_error
+    allowed = action in ("allow", "warn") or policy.enforcement != "enforce"
+    return Verdict(state=state, allowed=allowed, detail=detail)
+
+
+def trail(policy: Policy, content_spec: ContentSpec | None, digest: str,
+          verdict: Verdict) -> dict:
+    """The fields every decision log line carries, so a decision traces back to the exact
+    policy file, content and image it was made from."""
+    return {**content_trail(policy, content_spec), **verdict_trail(digest, verdict)}
+
+
+def content_trail(policy: Policy, content_spec: ContentSpec | None) -> dict:
+    """The policy and content half of the trail: the same for every image a policy judged."""
+    cs = content_spec
+    return {
+        "policy": policy.name, "policy_file": policy.path, "policy_sha256": policy.sha256,
+        "content": os.path.basename(cs.datastream) if cs else os.path.basename(policy.datastream),
+        "content_sha256": cs.datastream_sha256 if cs else "",
+        "profile": cs.profile if cs else policy.profile,
+        "tailoring_sha256": cs.tailoring_sha256 if cs else "",
+        "oval_sha256": list(cs.oval_sha256) if cs else [],
+        "enforcement": policy.enforcement,
+    }
+
+
+def verdict_trail(digest: str, verdict: Verdict) -> dict:
+    """The image half of the trail."""
+    return {
+        "digest": digest, "state": verdict.state, "allowed": verdict.allowed,
+        "denied_by": [r.id for r in verdict.reasons],
+        "waivers": [{"id": r.id, "waiver": w.rule, "ticket": w.ticket, "owner": w.owner,
+                     "expires": w.expires.isoformat()} for r, w in verdict.waived],
+    }

@@ -1,0 +1,287 @@
+"""The scan pipeline: fetch → unpack → evaluate → parse, for one platform manifest digest.
+
+Each stage is timed (the numbers go into the ScanResult and the `scapgate scan` progress lines).
+Scratch lives on tmpfs when there is one and is removed whatever happened.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import oscap
+from .diskcache import OciCache, trim_reports
+from .images import ImageRef
+from .registry import Registry, RegistryError, TooLarge
+from .results import ContentSpec, ScanKey, ScanResult, error_result
+from .rootfs import UnpackError, UnpackLimits
+from .unpack import CorruptBlob, image_config, unpack
+
+log = logging.getLogger("scapgate.pipeline")
+PIPELINE_VERSION = "2"  # 2: image arch given to apt; notselected rules dropped
+Progress = Callable[[str, float], None]
+
+
+def _default_scratch() -> str:
+    shm = "/dev/shm"
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else tempfile.gettempdir()
+
+
+@dataclass
+class PipelineSettings:
+    state_dir: str                                  # OCI layout cache and reports live here
+    scratch_dir: str = field(default_factory=_default_scratch)  # tmpfs: unpack is 3-4x faster
+    limits: UnpackLimits = field(default_factory=UnpackLimits)
+    oscap: oscap.OscapSettings = field(default_factory=oscap.OscapSettings)
+    oci_cache_bytes: int = 2 << 30                  # OCI layouts kept for rescans/shared layers
+    reports_bytes: int = 512 << 20                  # ARF/HTML reports kept for /reports
+
+
+class Stages:
+    """Runs and times named stages: `stage("unpack", fn, *args)`; times land in `.timings`
+    and are reported to `progress` as each stage ends."""
+
+    def __init__(self, progress: Progress | None = None):
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        if self.progress:
+            self.progress(name, self.timings[name])
+        return out
+
+
+class Pipeline:
+    """Turns (image at digest, content) into a ScanResult. Thread-safe; holds no per-scan state."""
+
+    def __init__(self, settings: PipelineSettings, registry: Registry | None = None,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.registry = registry or Registry()
+        self.clock = clock
+        self._oscap_version: str | None = None
+        self._keys: dict = {}
+        self._layout_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.cache = OciCache(settings.state_dir, settings.oci_cache_bytes)
+
+    def oscap_version(self) -> str:
+        """`oscap --version`, asked once per process (it costs a subprocess)."""
+        if self._oscap_version is not None:
+            return self._oscap_version
+        found = oscap.version()
+        if found not in ("missing", "unknown"):    # asked again once oscap is back
+            self._oscap_version = found
+        return found
+
+    def scanner_version(self) -> str:
+        return f"openscap-{self.oscap_version()}+scapgate-pipeline-{PIPELINE_VERSION}"
+
+    def key(self, digest: str, content: ContentSpec) -> ScanKey:
+        """The scan key of a digest under some content (remembered: asked for every image of
+        every review)."""
+        memo = (digest, content)
+        hit = self._keys.get(memo)
+        if hit is not None:
+            return hit
+        key = ScanKey(digest=digest, content_sha256=content.datastream_sha256,
+                      profile=content.profile, tailoring_sha256=content.tailoring_sha256,
+                      scanner_version=self.scanner_version(),
+                      oval_sha256=",".join(content.oval_sha256))
+        if self._oscap_version is not None:      # a key without a known scanner is not kept
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            self._keys[memo] = key
+        return key
+
+    # -- stages ---------------------------------------------------------------------------
+    def fetch(self, ref: ImageRef, docker_config: dict | None = None) -> tuple[str, str]:
+        """Copy the platform manifest into the content-addressed cache; returns (layout, tag)."""
+        assert ref.digest, "fetch needs a digest-pinned reference"
+        oci = os.path.join(self.settings.state_dir, "oci")
+        blobs = os.path.join(oci, "blobs")
+        name = ref.digest.replace(":", "-")
+        layout = os.path.join(oci, "layouts", name)
+        if os.path.exists(os.path.join(layout, "index.json")):
+            self.cache.touch(layout)
+            return layout, "image"
+        with self._lock_for(name):
+            if os.path.exists(os.path.join(layout, "index.json")):
+                self.cache.touch(layout)
+                return layout, "image"
+            os.makedirs(os.path.join(oci, "layouts"), exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(oci, "layouts"))
+            try:
+                cap = self.download_cap(ref, docker_config)
+                self.registry.copy(ref, tmp, "image", blobs, docker_config=docker_config,
+                                   max_blob_bytes=cap)
+                local = os.path.join(tmp, "blobs")
+                if os.path.isdir(local) and not os.path.islink(local):
+                    shutil.rmtree(local)   # skopeo leaves an empty blobs/ beside a shared dir
+                os.symlink(os.path.relpath(blobs, tmp), local)
+                os.rename(tmp, layout)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return layout, "image"
+
+    def download_cap(self, ref: ImageRef, docker_config: dict | None) -> int:
+        """Check the manifest's declared layers against the limits before downloading any, and
+        return the largest file skopeo may write (the largest declared blob, at least 4 MiB
+        for manifests and configs; the byte limit when sizes are not declared)."""
+        limits = self.settings.limits
+        try:
+            doc = json.loads(self.registry.raw_manifest(ref, docker_config=docker_config))
+            layers = doc.get("layers")
+            sizes = [int(x["size"]) for x in layers] + [int(doc["config"]["size"])]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return limits.max_bytes     # an index or an old schema: skopeo decides, capped
+        if len(layers) > limits.max_layers:
+            raise UnpackError(f"image {ref} has {len(layers)} layers "
+                              f"(limit {limits.max_layers})")
+        if sum(sizes) > limits.max_bytes or min(sizes) < 0:
+            raise TooLarge(f"image {ref} declares {sum(sizes)} bytes of layers, past the "
+                           f"unpack limit of {limits.max_bytes} bytes")
+        return max(sizes + [4 << 20])
+
+    def forget(self, digest: str) -> None:
+        """Drop the cached layout of a digest (its blobs stay shared) so it is fetched again."""
+        name = digest.replace(":", "-")
+        layout = os.path.join(self.settings.state_dir, "oci", "layouts", name)
+        with self._lock_for(name):
+            shutil.rmtree(layout, ignore_errors=True)
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._layout_locks.setdefault(name, threading.Lock())
+
+    def scan(self, ref: ImageRef, content: ContentSpec, *, docker_config: dict | None = None,
+             progress: Progress | None = None, key: ScanKey | None = None) -> ScanResult:
+        """Scan a digest-pinned image. Failures come back as an error ScanResult (a value),
+        so callers store them; only programming errors raise."""
+        key = key or self.key(ref.digest, content)
+        stage = Stages(progress)
+        timings = stage.timings
+
+        work = None
+        try:
+            os.makedirs(self.settings.scratch_dir, exist_ok=True)
+            work = tempfile.mkdtemp(prefix="scapgate-scan-", dir=self.settings.scratch_dir)
+            with self.cache.in_use():           # no trim deletes the layout before it is unpacked
+                layout, tag = stage("fetch", self.fetch, ref, docker_config)
+                arch = self.unpack(layout, tag, work, stage)
+            return self.evaluate(layout, tag, work, ref, content, key, timings, stage,
+                                 arch=arch)
+        except CorruptBlob as e:
+            self.forget(ref.digest)
+            return error_result(key, str(ref), str(e), permanent=False, now=self.clock())
+        except (RegistryError, UnpackError, oscap.ScanError) as e:
+            permanent = getattr(e, "permanent", isinstance(e, UnpackError))
+            return error_result(key, str(ref), str(e), permanent=permanent, now=self.clock())
+        except OSError as e:
+            what = ("scratch or state disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else "scan failed")
+            return error_result(key, str(ref), f"{what}: {e}", permanent=False,
+                                now=self.clock())
+        finally:
+            if work:
+                shutil.rmtree(work, ignore_errors=True)
+            self.trim()
+
+    def trim(self) -> None:
+        """Keep the OCI cache and the reports within their byte budgets (diskcache.py)."""
+        try:
+            self.cache.trim()
+            trim_reports(os.path.join(self.settings.state_dir, "reports"),
+                         self.settings.reports_bytes)
+        except OSError as e:                    # a full or read-only state disk: scans go on
+            log.warning("cache trim failed: %s", e)
+
+    def unpack(self, layout: str, tag: str, work: str, stage) -> str:
+        """Unpack a layout into work/rootfs; returns the image architecture."""
+        stage("unpack", unpack, layout, tag, os.path.join(work, "rootfs"), self.settings.limits)
+        return image_arch(layout, tag)
+
+    def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSpec,
+                 key: ScanKey, timings: dict[str, float], stage, *,
+                 arch: str | None = None) -> ScanResult:
+        """Run the content against work/rootfs, unpacking the layout first unless the caller
+        did (arch given)."""
+        root = os.path.join(work, "rootfs")
+        if arch is None:
+            arch = self.unpack(layout, tag, work, stage)
+        arf = stage("evaluate", oscap.xccdf_eval, root, work, content, self.settings.oscap, arch)
+        rules, score = stage("parse", oscap.parse_arf, arf)
+        ovals = []
+        for definitions in content.oval:
+            ovals += stage("oval", oscap.oval_eval, root, work, definitions, self.settings.oscap,
+                           arch)
+        osr = os_release(root)
+        verdictless = not any(r.result in ("pass", "fail", "fixed") for r in rules)
+        if verdictless:
+            raise oscap.ScanError(
+                f"content {os.path.basename(content.datastream)} does not apply to this image "
+                f"(ID={osr.get('ID', '?')}, VERSION_ID={osr.get('VERSION_ID', '?')}): "
+                "no rule passed or failed", permanent=True)
+        reports = os.path.join(self.settings.state_dir, "reports")
+        os.makedirs(reports, exist_ok=True)
+        arf_path = stage("store", oscap.compress, arf,
+                         os.path.join(reports, f"{key.id()}.arf.xml.gz"))
+        return ScanResult(key=key, image=str(ref), rules=rules, oval=ovals, os_release=osr,
+                          tools={"oscap": self.oscap_version(), "pipeline": PIPELINE_VERSION,
+                                 "content": os.path.basename(content.datastream)},
+                          timings=timings, scanned_at=self.clock(), score=score,
+                          arf_path=arf_path)
+
+
+def image_arch(layout: str, tag: str) -> str:
+    """The architecture in the image config, as Debian names it (amd64, arm64, armhf, …)."""
+    try:
+        arch = json.loads(image_config(layout, tag)).get("architecture", "")
+    except (OSError, ValueError, UnpackError):
+        return ""
+    return {"arm": "armhf", "386": "i386", "ppc64le": "ppc64el"}.get(arch, arch)
+
+
+def os_release(root: str) -> dict[str, str]:
+    """Parse the image's os-release without following links out of the root."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = _inside(root, rel)
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    text = fh.read(64 * 1024)
+            except OSError:
+                continue
+            out = {}
+            for line in text.splitlines():
+                k, sep, v = line.partition("=")
+                if sep and k.strip().isidentifier():
+                    out[k.strip()] = v.strip().strip('"\'')
+            return out
+    return {}
+
+
+def _inside(root: str, rel: str) -> str | None:
+    """Resolve rel under root treating root as '/', refusing escapes (links are the image's)."""
+    real_root = os.path.realpath(root)
+    path = rel
+    for _ in range(16):
+        full = os.path.join(real_root, path)
+        if not os.path.islink(full):
+            return full if os.path.realpath(full).startswith(real_root + os.sep) else None
+        target = os.readlink(full)
+        path = target.lstrip("/") if target.startswith("/") else os.path.normpath(
+            os.path.join(os.path.dirname(path), target))
+        if path.startswith(".."):
+            return None
+    return None

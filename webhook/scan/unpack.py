@@ -1,0 +1,353 @@
+"""Unpack an OCI image into a scratch root exactly as a runtime would, within limits.
+
+umoci (as root) keeps uid, gid and mode exactly, applies whiteouts and refuses to write through
+symlinks outside the root. Before it runs, each layer's tar headers are walked in a stream so a
+decompression bomb, a flood of tiny files, or device nodes outside /dev are refused early with a
+clear error; the check is remembered per layer digest, so shared layers are checked once. The
+walk holds one header at a time and refuses oversized PAX / GNU long-name headers and sparse
+entries before tarfile would read them into memory. umoci runs with RLIMIT_FSIZE at the byte
+limit, and rootfs.confine() checks what it wrote (see there) before any scanner reads it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import threading
+import zlib
+from dataclasses import dataclass
+
+from cachetools import LRUCache
+from isal import igzip, isal_zlib
+
+from .rootfs import UnpackError, UnpackLimits, confine
+
+STDERR_LIMIT = 600
+# umoci reads tars with Go's archive/tar, which refuses PAX and GNU long-name headers over 1 MiB;
+# Python's tarfile would read any size into memory (a 2 MB gzip can declare a 4 GB header).
+MAX_SPECIAL_HEADER = 1 << 20
+MAX_HEADER_CHAIN = 8                # extended headers before one entry; real tars use at most 3
+MAX_GLOBAL_HEADERS = 1 << 20        # PAX global headers accumulate in memory: bytes per layer
+# After the end-of-archive marker tar pads at most a 10 KiB record, but umoci still inflates
+# whatever follows (1 GiB of zeros in a 1 MB gzip cost it 7 s of CPU): refuse long trailers.
+MAX_TRAILING = 1 << 20
+_SPECIAL_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                            tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
+
+
+class CorruptBlob(UnpackError):
+    """A cached blob no longer matches its digest: it was removed, the next attempt refetches."""
+
+    def __init__(self, message: str):
+        super().__init__(message, permanent=False)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    files: int
+    bytes: int
+
+
+_checked: LRUCache = LRUCache(maxsize=4096)
+_checked_lock = threading.Lock()
+
+
+def manifest_of(layout: str, tag: str) -> dict:
+    """The image manifest of `tag` in an OCI layout (via index.json)."""
+    with open(os.path.join(layout, "index.json")) as fh:
+        index = json.load(fh)
+    for m in index.get("manifests", []):
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag:
+            return json.loads(_blob(layout, m["digest"]))
+    raise UnpackError(f"tag {tag} not in layout {layout}")
+
+
+def layers_of(layout: str, tag: str) -> list[dict]:
+    """Layer descriptors of `tag` in an OCI layout; a malformed list is an UnpackError."""
+    layers = manifest_of(layout, tag).get("layers", [])
+    if not isinstance(layers, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("digest"), str) for x in layers):
+        raise UnpackError("the image manifest's layer list is malformed")
+    return layers
+
+
+def image_config(layout: str, tag: str) -> bytes:
+    """The raw image config blob (architecture, os, …)."""
+    return _blob(layout, manifest_of(layout, tag).get("config", {}).get("digest", ""))
+
+
+def _blob(layout: str, digest: str) -> bytes:
+    with open(_blob_file(layout, digest), "rb") as fh:
+        return fh.read()
+
+
+def check_layer(path: str, digest: str, limits: UnpackLimits, budget: LayerStats) -> LayerStats:
+    """Stream a layer's headers; raise UnpackError past the remaining budget."""
+    with _checked_lock:
+        hit = _checked.get(digest)
+    if hit is not None:
+        _within(hit, budget, limits, digest)
+        return hit
+    files = size = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            stream = _uncompressed(stack, path)
+            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|",
+                                                   tarinfo=_GuardedTarInfo))
+            for member in tar:
+                tar.members.clear()     # stream mode keeps every header otherwise: O(files) memory
+                files += 1
+                size += max(member.size, 0)
+                if member.isdev() and not _under_dev(member.name):
+                    what = "a FIFO" if member.isfifo() else "a device node"
+                    raise UnpackError(f"holds {what} outside /dev: {member.name[:120]!r}")
+                _within(LayerStats(files, size), budget, limits, digest)
+            if len(stream.read(MAX_TRAILING + 1)) > MAX_TRAILING:
+                raise UnpackError(f"has more than {MAX_TRAILING} bytes after the end of its "
+                                  "tar archive")
+    except UnpackError as e:
+        if str(e).startswith(("image ", "layer ")):
+            raise
+        raise UnpackError(f"layer {digest[:19]} {e}") from e
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, isal_zlib.error) as e:
+        raise UnpackError(f"layer {digest[:19]} is not a valid tar stream: {e}") from e
+    except RecursionError as e:
+        raise UnpackError(f"layer {digest[:19]} nests extended headers too deeply") from e
+    stats = LayerStats(files, size)
+    with _checked_lock:
+        _checked[digest] = stats
+    return stats
+
+
+def _uncompressed(stack: contextlib.ExitStack, path: str):
+    """The layer's tar stream. Gzip is read member after member, as Go's reader (umoci) does:
+    tarfile's own stream mode stops after the first member and would miss the rest. Inflated
+    with ISA-L (isal.igzip: the gzip module's interface, half its CPU on a 51 MB layer)."""
+    fh = stack.enter_context(open(path, "rb"))
+    magic = fh.read(4)
+    fh.seek(0)
+    if magic[:2] == b"\x1f\x8b":
+        return stack.enter_context(igzip.IGzipFile(fileobj=fh, mode="rb"))
+    if magic == b"\x28\xb5\x2f\xfd":
+        raise UnpackError("is zstd-compressed: not supported (umoci 0.4 cannot unpack it)")
+    return fh
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses, before tarfile reads them, the headers it would hold in memory
+    without bound: oversized or endless chains of PAX / GNU long-name headers, and sparse maps.
+    umoci refuses the oversized ones itself; no image builder writes sparse entries."""
+
+    def _proc_member(self, tar):
+        if self.type in _SPECIAL_TYPES:
+            tar.scapgate_chain = getattr(tar, "scapgate_chain", 0) + 1
+            if self.size > MAX_SPECIAL_HEADER:
+                raise UnpackError(f"has an extended tar header of {self.size} bytes "
+                                  f"(limit {MAX_SPECIAL_HEADER})")
+            if tar.scapgate_chain > MAX_HEADER_CHAIN:
+                raise UnpackError(f"chains more than {MAX_HEADER_CHAIN} extended tar headers "
+                                  "before one entry")
+            if self.type == tarfile.XGLTYPE:
+                tar.scapgate_global = getattr(tar, "scapgate_global", 0) + self.size
+                if tar.scapgate_global > MAX_GLOBAL_HEADERS:
+                    raise UnpackError(f"has more than {MAX_GLOBAL_HEADERS} bytes of global tar "
+                                      "headers")
+        else:
+            tar.scapgate_chain = 0
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise UnpackError(f"holds a sparse file ({self.name[:120]!r}): not supported")
+        return super()._proc_member(tar)
+
+    def _proc_gnusparse_00(self, next, *_):
+        raise UnpackError(f"holds a sparse file ({next.name[:120]!r}): not supported")
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+def _under_dev(name: str) -> bool:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return len(parts) >= 2 and parts[0] == "dev" and ".." not in parts
+
+
+def _within(stats: LayerStats, used: LayerStats, limits: UnpackLimits, digest: str) -> None:
+    if used.bytes + stats.bytes > limits.max_bytes:
+        raise UnpackError(f"image unpacks to more than the limit of {limits.max_bytes} bytes "
+                          f"(at layer {digest[:19]})")
+    if used.files + stats.files > limits.max_files:
+        raise UnpackError(f"image holds more than the limit of {limits.max_files} files "
+                          f"(at layer {digest[:19]})")
+
+
+def check_limits(layout: str, tag: str, limits: UnpackLimits) -> LayerStats:
+    """Walk every layer's headers against the limits (after check_declared)."""
+    return walk(check_declared(layout, tag, limits), limits)
+
+
+def walk(layers: list[tuple[str, str]], limits: UnpackLimits) -> LayerStats:
+    used = LayerStats(0, 0)
+    for path, digest in layers:
+        stats = check_layer(path, digest, limits, used)
+        used = LayerStats(used.files + stats.files, used.bytes + stats.bytes)
+    return used
+
+
+def check_declared(layout: str, tag: str, limits: UnpackLimits) -> list[tuple[str, str]]:
+    """The layers' (blob path, digest), after the cheap checks: the number of layers, and
+    each blob's size on disk against the size its manifest declares (umoci would fail later,
+    with a vaguer message)."""
+    layers = layers_of(layout, tag)
+    if len(layers) > limits.max_layers:
+        raise UnpackError(f"image has {len(layers)} layers (limit {limits.max_layers})")
+    out = []
+    for layer in layers:
+        digest = layer.get("digest", "")
+        path = _blob_file(layout, digest)
+        declared, actual = layer.get("size"), os.path.getsize(path)
+        if declared != actual:
+            verify_blobs(layout, tag)   # a truncated cached blob is ours to fetch again
+            raise UnpackError(f"layer {digest[:19]} is {actual} bytes but the image manifest "
+                              f"declares {declared!r:.20}: the manifest does not match its layers")
+        out.append((path, digest))
+    return out
+
+
+def known_stats(layers: list[tuple[str, str]]) -> LayerStats | None:
+    """The walked totals when every layer was walked before (shared or rescanned layers)."""
+    with _checked_lock:
+        hits = [_checked.get(digest) for _, digest in layers]
+    if any(h is None for h in hits):
+        return None
+    return LayerStats(sum(h.files for h in hits), sum(h.bytes for h in hits))
+
+
+def verify_blobs(layout: str, tag: str) -> None:
+    """Hash every layer blob of `tag`; remove those that do not match their digest (a corrupt
+    cache: skopeo verified them when they were fetched) and raise CorruptBlob naming them."""
+    bad = []
+    for layer in layers_of(layout, tag):
+        digest = layer["digest"]
+        path = _blob_file(layout, digest)
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except FileNotFoundError:
+            bad.append(digest)
+            continue
+        if "sha256:" + h.hexdigest() != digest:
+            bad.append(digest)
+            os.unlink(os.path.realpath(path))
+    if bad:
+        with _checked_lock:
+            for digest in bad:
+                _checked.pop(digest, None)
+        raise CorruptBlob(f"cached layer {', '.join(d[:19] for d in bad)} did not match its "
+                          "digest and was removed; the next attempt fetches it again")
+
+
+def _blob_file(layout: str, digest: str) -> str:
+    algo, _, hexd = digest.partition(":")
+    if algo != "sha256" or len(hexd) != 64 or not all(c in "0123456789abcdef" for c in hexd):
+        raise UnpackError(f"invalid layer digest {digest!r:.80}")
+    return os.path.join(layout, "blobs", algo, hexd)
+
+
+def file_size_limit(cmd: list[str], max_bytes: int) -> list[str]:
+    """Run cmd with RLIMIT_FSIZE: no single file it writes can pass max_bytes (util-linux's
+    prlimit; preexec_fn is unsafe in our threaded workers)."""
+    prlimit = shutil.which("prlimit")
+    return [prlimit, f"--fsize={max_bytes}", "--", *cmd] if prlimit else cmd
+
+
+def unpack(layout: str, tag: str, rootfs: str, limits: UnpackLimits) -> LayerStats:
+    """`umoci raw unpack` into rootfs (which must not exist yet) while the layers' headers are
+    walked against the limits, then confine the root (rootfs.confine) so host-side tools
+    cannot be led out of it.
+
+    The walk and umoci run side by side (the walk reads headers about twice as fast as umoci
+    writes files): umoci is killed the moment the walk refuses the image, and nothing reads
+    the root before both have finished. Layers walked before (shared base layers, rescans)
+    are not walked again, and then the free scratch space is checked before umoci starts."""
+    layers = check_declared(layout, tag, limits)
+    if shutil.which("umoci") is None:
+        raise UnpackError("umoci is not installed", permanent=False)
+    free = _free_bytes(rootfs)
+    known = known_stats(layers)
+    if known is not None:
+        stats = walk(layers, limits)    # from the cache, against today's limits
+        _check_space(stats, free)
+    cmd = ["umoci", "raw", "unpack", "--image", f"{layout}:{tag}", rootfs]
+    with tempfile.TemporaryFile() as err_fh:
+        proc = subprocess.Popen(file_size_limit(cmd, limits.max_bytes), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=err_fh, start_new_session=True)
+        try:
+            if known is None:
+                stats = walk(layers, limits)
+                _check_space(stats, free)
+            proc.wait(timeout=limits.timeout_s)
+        except subprocess.TimeoutExpired as e:
+            raise UnpackError(f"unpacking took longer than {limits.timeout_s:.0f} s",
+                              permanent=False) from e
+        finally:
+            if proc.returncode is None:     # the walk refused the image, or time ran out
+                _kill_group(proc)
+        err_fh.seek(0)
+        err = err_fh.read(64 * 1024).decode(errors="replace").strip()
+    if proc.returncode != 0:
+        _raise_umoci(err, layout, tag, limits)
+    confine(rootfs, limits)
+    return stats
+
+
+def _check_space(stats: LayerStats, free: int) -> None:
+    need = stats.bytes + stats.files * 4096
+    if need > free:     # umoci 0.4.7 may panic instead of saying ENOSPC: say it first
+        raise UnpackError(f"scratch space is full: the image needs up to {need} bytes, "
+                          f"{free} are free", permanent=False)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _raise_umoci(err: str, layout: str, tag: str, limits: UnpackLimits) -> None:
+    low = err.lower()
+    if "no space left" in low or "disk quota" in low:
+        raise UnpackError("scratch space is full while unpacking the image", permanent=False)
+    if "panic:" in low:     # umoci 0.4.7 also panics ("d.nx != 0") on some write errors
+        first = next((ln for ln in err.splitlines() if "panic:" in ln), "")
+        raise UnpackError(f"umoci crashed: {first.strip()[:200]}", permanent=False)
+    if "file too large" in low:
+        raise UnpackError(f"a file in the image is larger than the limit of "
+                          f"{limits.max_bytes} bytes")
+    if "verified reader" in low:
+        verify_blobs(layout, tag)   # raises CorruptBlob when our cache is at fault
+        raise UnpackError("a layer does not match the digest or size its image manifest "
+                          f"declares: {_umoci_error(err)}")
+    raise UnpackError(f"umoci could not unpack the image: {_umoci_error(err)}")
+
+
+def _free_bytes(path: str) -> int:
+    """Bytes available to us on the filesystem that will hold path (its nearest parent)."""
+    probe = path
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe or "/")
+    return st.f_bavail * st.f_frsize
+
+
+def _umoci_error(stderr: str) -> str:
+    """umoci's failure lines (marked ⨯) without its progress output, cut short."""
+    lines = [ln.strip().lstrip("⨯").strip() for ln in stderr.splitlines() if "⨯" in ln]
+    return ("; ".join(lines) or stderr.strip())[-STDERR_LIMIT:]
