@@ -20,6 +20,8 @@ KYVERNO_P95_MS, KYVERNO_P99_MS = 103.0, 182.0
 # before/after figures: dd6c7dc is the flat webhook/ before the one-package-per-stage layout
 # (issue 12); 877b0a7 was the code before issue 8's fast path. SCAPGATE_BENCH_BEFORE overrides.
 BEFORE_COMMIT = os.environ.get("SCAPGATE_BENCH_BEFORE", "dd6c7dc")
+BEFORE_WHAT = ("the flat webhook/ package before the one-package-per-stage layout"
+               if BEFORE_COMMIT == "dd6c7dc" else "the commit before the work being measured")
 
 
 @dataclass
@@ -389,13 +391,7 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
                        " / ".join(f(x, 2) for x in d["cpu"]), f(m, 0),
                        fr(ratio(m, ctl)), f(p50, 2) if d["paced"] else "",
                        f(p99, 2) if d["paced"] else "", fr(ratio(p99, ctl99)) if d["paced"] else ""])
-    e.notes.append("Variants: before = the code before the fast-path changes (orjson for "
-                   "the review, the answer and the log line; the policy/content trail once per "
-                   "policy in the log line; remembered ScanKey ids, image references, policy "
-                   "choices and resolver answers as ready Futures; one content check per policy "
-                   "per review; L1 lookups and metrics counted per review, not per image; "
-                   "gc.freeze and content hashing at worker start; requests read in the event "
-                   "loop; a decision reused for 1 s for a request with the same inputs); "
+    e.notes.append(f"Variants: before = the code of {BEFORE_COMMIT} ({BEFORE_WHAT}); "
                    "nomemo = today's code without that decision memo (every review decided "
                    "afresh, as when every pod differs: the load here repeats one pod); nolog = "
                    "no decision log line and nometrics = no Prometheus counting (upper bounds "
