@@ -48,7 +48,7 @@ class SQLiteStore(Store):
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _set_wal(conn, self.busy_timeout_s)
             conn.execute("PRAGMA synchronous=NORMAL")   # WAL + NORMAL: durable at checkpoints
             with self._init_lock:
                 if not self._ready:
@@ -191,3 +191,18 @@ def _put_result(c: sqlite3.Connection, now: float, kid: str, body: str, scanned_
                 final: bool) -> None:
     c.execute("INSERT OR REPLACE INTO results (kid, body, scanned_at, final, stored_at) "
               "VALUES (?, ?, ?, ?, ?)", (kid, body, scanned_at, int(final), now))
+
+
+def _set_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Switch to WAL. The switch needs the database to itself and SQLite answers "database is
+    locked" at once, without its busy handler, while another process creates the schema (a
+    worker and an admission process opening a new store together): retry within the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
