@@ -1,11 +1,12 @@
 """`make bench`: run every section, print the results and write BENCHMARKS.md.
 
-    .venv/bin/python -m benchmarks.run [--quick] [--sections fastpath,cold,shared,throughput,memory]
+    .venv/bin/python -m benchmarks.run [--quick] [--sections fastpath,cold,large,shared,throughput,memory]
 
 Raw numbers and py-spy profiles go to BENCHMARKS.raw/ (git-ignored). Needs root (the cached
 debootstrap image), skopeo, umoci, oscap, docker-registry and wrk (installed with apt-get when
-missing). Everything listens on 127.0.0.1 ports picked at random (never 8443) and is stopped
-at the end; the work directory under /tmp is removed unless --keep.
+missing); section `large` builds a ≈ 700 MB Debian 12 image once (apt in a chroot, cached by
+recipe hash, ≈ 1 min). Everything listens on 127.0.0.1 ports picked at random (never 8443) and
+is stopped at the end; the work directory under /tmp is removed unless --keep.
 """
 from __future__ import annotations
 
@@ -24,15 +25,17 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fastpath, loadgen, memory, scan, servers, throughput
+from . import fastpath, large, loadgen, memory, scan, servers, throughput
 from .common import REPO, SCAPGATE, Section, log
 
-ALL = ("fastpath", "cold", "shared", "memory", "throughput")
+ALL = ("fastpath", "cold", "large", "shared", "memory", "throughput")
+SCANS = {"cold", "large", "shared", "throughput"}   # sections that run oscap on real images
 
 
 @dataclass
 class Plan(fastpath.Plan):
     cold_rounds: int = 2
+    large_rounds: int = 2
     first_admission: bool = True
     shared_rounds: int = 1
     memory_n: int = 100_000
@@ -44,7 +47,7 @@ class Plan(fastpath.Plan):
 def quick_plan() -> Plan:
     return Plan(sat_rounds=1, sat_s=3, paced_rounds=1, paced_s=4, c50_rounds=1, c50_s=3,
                 exp_rounds=1, paced_exp_rounds=1, exp_s=3, profile_s=4, cold_rounds=1, memory_n=20_000,
-                pool_images=4, seq_images=2)
+                pool_images=4, seq_images=2, large_rounds=1)
 
 
 def _tool_version(argv: list[str]) -> str:
@@ -70,8 +73,10 @@ def _machine() -> dict:
 def _preflight(sections) -> list[str]:
     problems = []
     need = {"skopeo", "docker-registry"}
-    if {"cold", "shared", "throughput"} & set(sections):
+    if SCANS & set(sections):
         need |= {"umoci", "oscap"}
+    if "large" in sections:
+        need |= {"chroot", "mount", "du"}       # the large image's first build
     for tool in sorted(need):
         if not shutil.which(tool):
             problems.append(f"{tool} is not installed (scripts/install-deps.sh)")
@@ -79,7 +84,7 @@ def _preflight(sections) -> list[str]:
         problems.append("wrk is not installed and apt-get could not install it")
     if not SCAPGATE:
         problems.append("the scapgate venv is missing: run `make deps`")
-    if {"cold", "shared", "throughput"} & set(sections) and os.geteuid() != 0:
+    if SCANS & set(sections) and os.geteuid() != 0:
         problems.append("the debootstrap image (and umoci's exact ownership) need root")
     from tests.builders import imagebuild
     if not imagebuild.datastream_path().exists():
@@ -120,7 +125,7 @@ def main(argv=None) -> int:
     failed: list[str] = []
     from tests.builders import imagebuild
     from tests.builders.registry import start_registry
-    if {"cold", "shared", "throughput", "memory"} & set(sections):
+    if (SCANS | {"memory"}) & set(sections):
         log("debootstrap image (cached; ≈ 60 s when cold)")
         imagebuild.debootstrap_root("good")
     reg = start_registry(work / "registry")
@@ -131,6 +136,7 @@ def main(argv=None) -> int:
                             "SCAPGATE_CONTENT_DIR": str(imagebuild.content_dir())})
         steps = {"fastpath": lambda: fastpath.run(ctx, plan),
                  "cold": lambda: scan.run_cold(ctx, plan),
+                 "large": lambda: large.run(ctx, plan),
                  "shared": lambda: scan.run_shared(ctx, plan),
                  "throughput": lambda: throughput.run(ctx, plan),
                  "memory": lambda: memory.run(ctx, plan)}
@@ -185,7 +191,7 @@ def render(meta: dict, sections: list[Section]) -> str:
              f"Written by `{meta['command']}` on {meta['date']} in {meta['seconds']} s "
              "(reproduce with the same command; raw numbers and py-spy profiles in "
              "BENCHMARKS.raw/; `.venv/bin/python -m benchmarks.run --quick` is a 5-minute smoke "
-             "run of the harness, `--sections fastpath,cold,shared,memory,throughput` picks "
+             "run of the harness, `--sections fastpath,cold,large,shared,memory,throughput` picks "
              "sections).", "",
              f"Machine: {m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, "
              f"gunicorn {m['gunicorn']}, {m['oscap']}, {m['skopeo']}, umoci {m['umoci']}, "

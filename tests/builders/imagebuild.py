@@ -907,6 +907,119 @@ def _unmount_below(path: Path) -> None:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 
+
+# --------------------------------------------------------------------------- large debootstrap image
+
+LARGE_PACKAGES = ("python3", "build-essential", "default-jre-headless")
+LARGE_MIN_BYTES = 400_000_000   # installed size the benchmark's "large image" must reach
+
+#: Turns an unpacked good root into the large one. $1 = root, remaining args = packages.
+#: The good layout has no /dev nodes (FINISH_SCRIPT): maintainer scripts need a few, and
+#: ca-certificates-java runs java, which wants /proc.
+LARGE_SCRIPT = r"""
+set -eu
+root=$1; shift
+chr() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        DEBIAN_FRONTEND=noninteractive LC_ALL=C "$@"; }
+mkdir -p "$root/dev" "$root/proc"
+mknod -m 666 "$root/dev/null" c 1 3
+mknod -m 666 "$root/dev/zero" c 1 5
+mknod -m 666 "$root/dev/full" c 1 7
+mknod -m 666 "$root/dev/random" c 1 8
+mknod -m 666 "$root/dev/urandom" c 1 9
+mknod -m 666 "$root/dev/tty" c 5 0
+mount -t proc proc "$root/proc"
+trap 'umount -l "$root/proc" 2>/dev/null || :' EXIT
+cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"
+chmod 755 "$root/usr/sbin/policy-rc.d"
+chr apt-get -q update
+chr apt-get -q -y --no-install-recommends install "$@"
+chr apt-get -q clean
+rm -f "$root/usr/sbin/policy-rc.d"
+"""
+
+
+def large_recipe() -> dict:
+    """The large image: the good debootstrap recipe + LARGE_SCRIPT's packages."""
+    return {**debian_recipe("good"), "derived": "large", "large_script": LARGE_SCRIPT,
+            "packages": list(LARGE_PACKAGES), "min_bytes": LARGE_MIN_BYTES}
+
+
+def debootstrap_large(*, cache: str | os.PathLike | None = None) -> CachedImage:
+    """Debian 12 with python3, build-essential and default-jre-headless installed (≥ 400 MB
+    on disk: a "large image" for the benchmarks), one gzip-1 layer, tag "large", cached like
+    debootstrap_root under its recipe hash. Built from the cached good image (umoci raw
+    unpack, then apt-get in a chroot), so a debootstrap run is needed only if that is missing.
+    image.json also records build_seconds, installed_bytes (regular files, hardlinks once),
+    du_bytes (`du -sb`), files (entries) and layer_bytes. Needs root.
+
+    Measured: see image.json of the entry (the benchmark prints it)."""
+    images = Path(cache or cache_dir()) / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    recipe = large_recipe()
+    key = recipe_hash(recipe)
+    final = images / key
+    hit = _load_cached("large", final)
+    if hit:
+        return hit
+    good = debootstrap_root("good", cache=cache)
+    with open(images / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _load_cached("large", final) is None:
+            _build_large(good, recipe, final, images)
+    return _load_cached("large", final)
+
+
+def large_image_info(img: CachedImage) -> dict:
+    """What debootstrap_large recorded about its image (sizes, file count, build time)."""
+    return json.loads((Path(img.layout) / "image.json").read_text())
+
+
+def _tree_stats(root: Path) -> tuple[int, int]:
+    """(entries, bytes of regular files counting each hardlinked inode once) under root."""
+    entries = size = 0
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            entries += 1
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                size += st.st_size
+    return entries, size
+
+
+def _build_large(good: CachedImage, recipe: dict, final: Path, images: Path) -> None:
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=images))
+    try:
+        start = time.monotonic()
+        root = umoci_unpack(good.layout, good.tag, work / "root")
+        _sh(LARGE_SCRIPT, root, *LARGE_PACKAGES)
+        _sh(FINISH_SCRIPT, root)
+        entries, size = _tree_stats(root)
+        du = subprocess.run(["du", "-sb", str(root)], capture_output=True, text=True, check=True)
+        du_bytes = int(du.stdout.split()[0])
+        if du_bytes < LARGE_MIN_BYTES:
+            raise RuntimeError(f"large root is only {du_bytes} bytes (du -sb), "
+                               f"want ≥ {LARGE_MIN_BYTES}")
+        layer = layer_from_dir(root, compresslevel=1)
+        staging = work / "oci-large"
+        digest = write_image(staging, "large", [layer])
+        (staging / "recipe.json").write_text(json.dumps(recipe, indent=1, sort_keys=True))
+        (staging / "image.json").write_text(json.dumps(
+            {"tag": "large", "digest": digest, "built": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                     time.gmtime()),
+             "build_seconds": round(time.monotonic() - start, 1), "installed_bytes": size,
+             "du_bytes": du_bytes, "files": entries, "layer_bytes": layer.size,
+             "packages": list(LARGE_PACKAGES)}))
+        if final.exists():  # only a stale entry can be there (rename is atomic)
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    finally:
+        _unmount_below(work)
+        shutil.rmtree(work, ignore_errors=True)
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI to warm caches or look at images by hand:
     ``python tests/imagebuild.py synthetic DIR`` / ``python tests/imagebuild.py debian [good|bad]``."""
