@@ -15,8 +15,8 @@
 #   every file's uid, gid, mode (setuid/setgid included), device nodes and file capabilities
 #   exactly, or oscap judges a different filesystem (DESIGN.md, pitfall 5). Kubernetes cannot
 #   hand capabilities to a non-root process (no ambient capabilities), so containers that scan
-#   run as uid 0 with every capability dropped except these six, each one measured as needed
-#   (tests/test_dockerfile.py::test_each_capability_is_needed):
+#   run as uid 0 with every capability dropped except these seven, each one measured as needed
+#   (tests/test_dockerfile.py::test_each_capability_is_needed, ::test_rpm_images_are_judged_…):
 #     CHOWN         lchown every entry to the uid/gid in the layer
 #     FOWNER        chmod/utimes on entries owned by other uids
 #     FSETID        keep setgid bits on files and directories whose group is not ours
@@ -24,10 +24,11 @@
 #                   unpacking, scanning and removing the root afterwards
 #     MKNOD         device nodes under /dev that some images ship
 #     SETFCAP       restore security.capability xattrs (e.g. ping's cap_net_raw)
+#     SYS_CHROOT    oscap's rpm probes chroot() into the unpacked root of RPM-based images
 #   and with no-new-privileges; no setuid binary is left in the image.
 #     docker run --read-only --tmpfs /tmp --tmpfs /scratch --tmpfs /var/lib/scapgate \
 #       --user 0 --cap-drop ALL --cap-add CHOWN --cap-add FOWNER --cap-add FSETID \
-#       --cap-add DAC_OVERRIDE --cap-add MKNOD --cap-add SETFCAP \
+#       --cap-add DAC_OVERRIDE --cap-add MKNOD --cap-add SETFCAP --cap-add SYS_CHROOT \
 #       --security-opt no-new-privileges scapgate scan registry.example/app:1.0
 
 ARG BASE_IMAGE=debian:bookworm-slim
@@ -58,8 +59,9 @@ FROM os AS build
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-# The Debian 12 SSG datastream (ssg-debian >= 0.1.76, from Debian 13), exactly as the tests
-# install it: a private sources list, apt-get download, dpkg-deb -x.
+# The SSG datastreams of every distribution scapgate judges (README "Which distribution, which
+# content": trixie's ssg-debian/-debderived/-nondebian 0.1.76, Debian 13's from unstable), exactly
+# as the tests install them: a private sources list, apt-get download, dpkg-deb -x.
 COPY scripts/install-content.sh /src/scripts/install-content.sh
 RUN bash /src/scripts/install-content.sh /opt/scapgate/content
 # Machines behind a TLS-inspecting proxy trust its CA locally; EXTRA_CA_CERTS (PEM text) lets
@@ -88,6 +90,10 @@ FROM os AS runtime
 ARG OPENSCAP_VERSION=1.3.7+dfsg-1+deb12u1
 ARG SKOPEO_VERSION=1.9.3+ds1-1+b10
 ARG UMOCI_VERSION=0.4.7+ds-3+b7
+# librpm (an openscap-scanner dependency) reads its rpmrc and macros from rpm-common, which is
+# only recommended: without it oscap's rpm probes see no package in an RPM-based image (every
+# rule notapplicable; measured in this image, tests/test_dockerfile.py).
+ARG RPM_COMMON_VERSION=4.18.0+dfsg-1+deb12u1
 # python3 and ca-certificates follow the Debian 12 point release; the scanner is pinned.
 # /var/lib/scapgate and /scratch are 1777 like /tmp: the image's user (serving) and uid 0
 # (scanning) both write there, and docker's --tmpfs takes the mode of the directory it covers.
@@ -95,6 +101,7 @@ ARG UMOCI_VERSION=0.4.7+ds-3+b7
 RUN apt-get update -qq \
  && apt-get install -y -qq --no-install-recommends python3 ca-certificates \
       "openscap-scanner=${OPENSCAP_VERSION}" "skopeo=${SKOPEO_VERSION}" "umoci=${UMOCI_VERSION}" \
+      "rpm-common=${RPM_COMMON_VERSION}" \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && find / -xdev -type f -perm /6000 -exec chmod a-s {} + \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/scapgate --no-create-home \

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STATE := .state
-CONTENT := $(STATE)/content/ssg-debian12-ds.xml
+CONTENT := $(STATE)/content/manifest.json
 CERTS := $(STATE)/certs
 
 .PHONY: run test bench demo deps venv content certs lint clean

@@ -31,13 +31,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.builders import distros  # noqa: E402  (RPM-based and Alpine-like test images)
 from tests.builders import imagebuild  # noqa: E402  (builds OCI images byte by byte, no engine needed)
 from tests.builders.registry import start_registry  # noqa: E402
 
 CERTS = REPO / ".state" / "certs"
 SERVICE, NAMESPACE = "scapgate", "scapgate"      # what `make certs` made the certificate for
 OUT = REPO / ".state" / "demo"
-IMAGES = {"passing": "demo/debian-hardened:12", "failing": "demo/debian-telnetd:12"}
+IMAGES = {"passing": "demo/debian-hardened:12", "failing": "demo/debian-telnetd:12",
+          "rpm-failing": "demo/ubi-telnet:9", "alpine": "demo/alpine:3.20"}
 
 
 def say(text: str = "", indent: int = 0) -> None:
@@ -63,6 +65,9 @@ def push_images(registry, work: Path, debian: bool) -> dict[str, str]:
         built = imagebuild.build_synthetic_images(work / "oci")
         sources = {"passing": (built["good"].layout, "good"),
                    "failing": (built["bad"].layout, "bad")}
+    rpm, alpine = distros.rpm_root("bad"), distros.alpine_root()   # rpmbuild + rpm --root
+    sources["rpm-failing"] = (rpm.layout, rpm.tag)
+    sources["alpine"] = (alpine.layout, alpine.tag)
     return {kind: registry.push(layout, tag, IMAGES[kind])
             for kind, (layout, tag) in sources.items()}
 
@@ -191,19 +196,34 @@ def show(client: ApiServerClient, refs: dict[str, str], webhook_name: str) -> st
     denied = None
     for kind in ("passing", "failing"):
         for build in (pod, deployment):
-            obj = build(f"web-{kind}", refs[kind])
-            resp, took = admit(client, obj)
-            verdict = "ALLOWED" if resp["allowed"] else "DENIED "
-            note = resp.get("auditAnnotations", {}).get("verdict", "")
-            say(f"  {obj['kind'] + '/' + obj['metadata']['name']:<24} {refs[kind]:<42} "
-                f"{verdict}  {took:5.2f} s  ({note})")
+            resp = admit_and_say(client, build(f"web-{kind}", refs[kind]), refs[kind])
             if not resp["allowed"] and denied is None:
                 denied = resp["status"]["message"]
     if denied:
         say()
         say("What the user sees (kubectl apply, or the ReplicaSet's event):")
         say(f'admission webhook "{webhook_name}" denied the request: {denied}', indent=2)
+    say()
+    say("Every image is judged with its own distribution's SCAP content:")
+    for kind, what in (("rpm-failing", "RHEL 9-like (rpm), telnet-server, shadow 0666"),
+                       ("alpine", "Alpine 3.20: no SCAP content exists for it")):
+        resp = admit_and_say(client, pod(f"app-{kind}", refs[kind]), refs[kind], what)
+        if not resp["allowed"]:
+            say(f'admission webhook "{webhook_name}" denied the request: '
+                f'{resp["status"]["message"]}', indent=4)
+        for w in resp.get("warnings", []):
+            say(f"Warning: {w}", indent=4)
     return denied
+
+
+def admit_and_say(client: ApiServerClient, obj: dict, ref: str, what: str = "") -> dict:
+    """One review, and its line: object, image, verdict, time, audit verdict."""
+    resp, took = admit(client, obj)
+    verdict = "ALLOWED" if resp["allowed"] else "DENIED "
+    note = resp.get("auditAnnotations", {}).get("verdict", "") + (f"; {what}" if what else "")
+    say(f"  {obj['kind'] + '/' + obj['metadata']['name']:<24} {ref:<42} "
+        f"{verdict}  {took:5.2f} s  ({note})")
+    return resp
 
 
 def save_report(client: ApiServerClient, message: str) -> None:

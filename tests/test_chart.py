@@ -29,7 +29,7 @@ CHART = REPO / "charts" / "scapgate"
 RELEASE, NAMESPACE = "gate", "scapgate-system"
 FULLNAME = f"{RELEASE}-scapgate"
 CRD_KINDS = {"Certificate", "Issuer", "ServiceMonitor"}    # no schema in kubernetes-validate
-SCANNER_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "SETFCAP"}
+SCANNER_CAPS = {"CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "MKNOD", "SETFCAP", "SYS_CHROOT"}
 WORKLOAD_RULES = {("", "pods"), ("", "pods/ephemeralcontainers"),
                   ("", "replicationcontrollers"), ("apps", "deployments"),
                   ("apps", "replicasets"), ("apps", "statefulsets"), ("apps", "daemonsets"),

@@ -21,6 +21,15 @@ def test_demo_shows_an_allow_a_deny_and_the_report(scap_datastream):
     assert ('admission webhook "images.scapgate.io" denied the request: '
             'spec.containers[0].image') in out
     assert "package_inetutils-telnetd_removed" in out and "file_permissions_etc_shadow" in out
+    # an RPM-based image denied with its own content's rules; Alpine admitted, named unsupported
+    rpm = next(i for i, line in enumerate(out.splitlines()) if "Pod/app-rpm-failing" in line)
+    assert "DENIED" in out.splitlines()[rpm] and "(fail;" in out.splitlines()[rpm]
+    assert "rhel9 content, profile cis_server_l1" in out
+    assert "package_telnet-server_removed" in out
+    assert any(line.strip().startswith("Pod/app-alpine") and "ALLOWED" in line
+               and "(unsupported;" in line for line in out.splitlines())
+    assert "Warning: spec.containers[0].image: no SCAP content for alpine 3.20.3 " \
+           "(ID=alpine VERSION_ID=3.20.3): not judged" in out
     report = next(line.split("saved to ")[1].split()[0] for line in out.splitlines()
                   if "saved to " in line)
     assert (REPO / report).read_bytes().lstrip().lower().startswith(b"<!doctype html")

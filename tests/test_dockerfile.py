@@ -22,13 +22,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.builders import distros
 from tests.builders import imagebuild as ib
 from tests.builders.webhooks import ApiServer, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TAG = "scapgate:test"
 PACKAGES = {"openscap-scanner": "OPENSCAP_VERSION", "skopeo": "SKOPEO_VERSION",
-            "umoci": "UMOCI_VERSION"}
+            "umoci": "UMOCI_VERSION", "rpm-common": "RPM_COMMON_VERSION"}
 BUILD_TIMEOUT_S = 2400
 
 
@@ -167,10 +168,11 @@ def test_scanner_capabilities_suffice(meta_layout, full_root_listing, tmp_path):
     assert listing == full_root_listing
 
 
-@pytest.mark.parametrize("dropped", scanner_caps())
+@pytest.mark.parametrize("dropped", [c for c in scanner_caps() if c != "SYS_CHROOT"])
 def test_each_capability_is_needed(meta_layout, full_root_listing, tmp_path, dropped):
     """Without any one of them umoci fails, or the root differs from the image (a different
-    filesystem gets scanned): none is granted for nothing."""
+    filesystem gets scanned): none is granted for nothing. (SYS_CHROOT is for the rpm probes:
+    test_rpm_images_are_judged_with_sys_chroot_only.)"""
     caps = [c for c in scanner_caps() if c != dropped]
     rc, listing = unpack_listing(meta_layout, tmp_path / "root", bounded(caps))
     assert rc != 0 or listing != full_root_listing
@@ -278,6 +280,24 @@ def test_scan_in_the_image(engine, scapgate_image, registry, request, kind, name
     assert ("verdict: ALLOW" if rc == 0 else "verdict: DENY") in out
     if rc:
         assert "file_permissions_etc_shadow" in out and "package_inetutils-telnetd_removed" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_TIMEOUT_S)
+def test_rpm_images_are_judged_with_sys_chroot_only(engine, scapgate_image, registry):
+    """oscap's rpminfo probe chroot()s into the unpacked root: with the chart's capabilities an
+    RPM-based image is judged with its own content and denied naming its rules; without
+    SYS_CHROOT the rpm probes cannot look and the verdict would not be the image's."""
+    img = distros.rpm_root("bad")
+    ref = registry.push(img.layout, img.tag, "docker-test/rhel9-bad:1")
+    env = {"SCAPGATE_INSECURE_REGISTRIES": registry.host}
+    code, out = run(engine, "scan", ref, env=env)
+    assert code == 1, out
+    assert "rhel9" in out and "package_telnet-server_removed" in out
+    assert "file_permissions_etc_shadow" in out
+    code, out = run(engine, "scan", ref, env=env,
+                    caps=[c for c in scanner_caps() if c != "SYS_CHROOT"])
+    assert not (code == 1 and "package_telnet-server_removed" in out), out
 
 
 @pytest.mark.slow

@@ -60,13 +60,17 @@ def cmd_scan(args) -> int:
         _write_report(res.arf_path, args.report)
     if args.json:
         print(json.dumps({"image": str(outcome.ref), "digest": outcome.digest, "policy": pol.name,
-                          "profile": pol.profile, "verdict": _verdict_json(v),
+                          "product": res.product, "identity": res.identity,
+                          "profile": res.profile or pol.profile, "verdict": _verdict_json(v),
                           "result": dataclasses.asdict(res)}, indent=1, default=str))
     else:
         print(summary(outcome, v, pol))
     if res.state == "error":
         print(f"scapgate: cannot scan {args.image}: {res.error}", file=sys.stderr)
         return EXIT_ERROR
+    if v.state == "unsupported":         # the policy's unsupported action decides the exit
+        print(f"scapgate: {args.image}: {res.error}", file=sys.stderr)
+        return EXIT_ALLOW if v.allowed else EXIT_DENY
     return EXIT_ALLOW if v.state == "pass" else EXIT_DENY
 
 
@@ -102,13 +106,24 @@ def _verdict_json(v) -> dict:
 def summary(outcome, v, pol, limit: int = 20) -> str:
     """The human summary on stdout: digest, profile, counts, failing rules worst first."""
     res = outcome.result
+    profile = (res.profile or pol.profile).rsplit("_profile_", 1)[-1]
     lines = [f"image:   {outcome.ref}", f"digest:  {outcome.digest}",
-             f"policy:  {pol.name} (profile {pol.profile.rsplit('_profile_', 1)[-1]})"]
+             f"policy:  {pol.name} (profile {profile or '-'})"]
+    ident = res.identity
+    if ident:
+        found = ident.get("pretty") or ident.get("distro", "")
+        lines.append(f"os:      {found or 'unknown'} → {res.product or 'no SCAP content'}"
+                     f"{' (' + res.tools.get('content', '') + ')' if res.product else ''}")
     if res.state == "error":
         lines.append(f"verdict: ERROR — {res.error}")
         return "\n".join(lines)
-    osr = res.os_release
-    lines.append(f"os:      {osr.get('PRETTY_NAME', osr.get('ID', 'unknown'))}")
+    if res.state == "unsupported":
+        lines.append(f"verdict: UNSUPPORTED ({'admitted' if v.allowed else 'denied'} by "
+                     f"actions.unsupported) — {res.error}")
+        return "\n".join(lines)
+    if not ident:
+        osr = res.os_release
+        lines.append(f"os:      {osr.get('PRETTY_NAME', osr.get('ID', 'unknown'))}")
     counts = ", ".join(f"{k} {n}" for k, n in sorted(res.counts().items()) if k != "notselected")
     lines.append(f"rules:   {counts}")
     na = res.counts().get("notapplicable", 0)

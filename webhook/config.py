@@ -30,7 +30,10 @@ class Settings:
     state_dir: str = os.path.join(REPO, ".state")   # OCI cache, reports, SQLite store
     policy: str = os.path.join(REPO, "policies")    # a file or a directory of policy files
     store: str = ""                     # "" = SQLite in state_dir; "redis://…" for replicas
-    platform: str = "linux/amd64"       # what the nodes run; picks from image indexes
+    platform: str = "linux/amd64"       # `scapgate scan`'s default platform of an image index
+    platforms: tuple = ()               # every platform the nodes run (amd64 and arm64 nodes
+                                        # side by side): each one an index offers is judged,
+                                        # the worst verdict decides; () = (platform,)
     insecure_registries: tuple = ()     # host:port whose TLS is not verified (test registries)
     certs_dir: str = ""                 # certs.d root; "" = skopeo's default /etc/containers/certs.d
     auth_file: str = ""                 # docker config.json / auth.json; "" = skopeo's default
@@ -78,4 +81,6 @@ class Settings:
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
+        if not s.platforms:
+            s.platforms = (s.platform,)
         return s

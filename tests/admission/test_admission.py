@@ -25,13 +25,15 @@ from webhook.admission.decide import decide
 from webhook.admission.memo import Memo
 from webhook.admission.model import Decision, Deps
 from webhook.scan.resolver import Resolver
-from webhook.scan.results import RuleResult, ScanResult, error_result
+from webhook.scan.results import RuleResult, ScanResult, error_result, unsupported_result
 
 NOW = 1_800_000_000.0
 D = {name: "sha256:" + ch * 64 for name, ch in
-     (("good", "1"), ("bad", "2"), ("many", "3"), ("alpine", "4"), ("fresh", "5"))}
+     (("good", "1"), ("bad", "2"), ("many", "3"), ("alpine", "4"), ("fresh", "5"),
+      ("busybox", "6"))}
 IMG = {name: f"registry.test/team/{name}:1" for name in D}
 RULE = "xccdf_org.ssgproject.content_rule_"
+BUSYBOX_SAYS = "no SCAP content for busybox (no os-release; bin/busybox): not judged"
 BAD_RULES = [RuleResult(RULE + "package_inetutils-telnetd_removed", "Uninstall telnetd", "high",
                         "fail"),
              RuleResult(RULE + "file_permissions_etc_shadow", "Verify Permissions on shadow File",
@@ -49,6 +51,9 @@ def scan(job_or_key, *, scanned_at: float = NOW - 60, timings=None) -> ScanResul
     if name == "alpine":
         return error_result(key, IMG[name], "content ssg-debian12-ds.xml does not apply to this "
                             "image (ID=alpine, VERSION_ID=3.20.3)", permanent=True, now=scanned_at)
+    if name == "busybox":
+        return unsupported_result(key, IMG[name], BUSYBOX_SAYS, product="",
+                                  identity={"distro": "busybox", "version": ""}, now=scanned_at)
     rules = {"bad": BAD_RULES, "many": MANY_RULES}.get(name, BAD_RULES[3:])
     return ScanResult(key=key, image=IMG[name], rules=list(rules), scanned_at=scanned_at,
                       timings=timings or {"fetch": 0.5, "evaluate": 1.5})
@@ -68,9 +73,9 @@ def policies(tmp_path):
         policy_doc("warn", namespaces=["team-warn"], enforcement="warn", datastream=str(ds)),
         policy_doc("audit", namespaces=["team-audit"], enforcement="audit", datastream=str(ds)),
         policy_doc("lenient", namespaces=["team-lenient"], datastream=str(ds),
-                   actions={"pending": "warn", "error": "warn"}),
+                   actions={"pending": "warn", "error": "warn", "unsupported": "warn"}),
         policy_doc("quiet", namespaces=["team-quiet"], datastream=str(ds),
-                   actions={"pending": "allow", "error": "allow"}),
+                   actions={"pending": "allow", "error": "allow", "unsupported": "allow"}),
         policy_doc("strict", namespaces=["team-strict"], datastream=str(ds),
                    actions={"stale": "pending"}, max_scan_age="1d"),
         policy_doc("glass", namespaces=["team-glass"], datastream=str(ds),
@@ -115,8 +120,15 @@ def message(d: Decision) -> str:
     ("team-lenient", "good", 60, True, "pending", None, "scan in progress"),
     ("team-quiet", "good", 60, True, "pending", None, None),
     ("team-warn", "good", 60, True, "pending", None, "scan in progress"),
+    ("team-a", "busybox", 0, False, "unsupported",
+     "is denied by policy default (actions.unsupported: deny): " + BUSYBOX_SAYS, None),
+    ("team-lenient", "busybox", 0, True, "unsupported", None,
+     "spec.containers[0].image: " + BUSYBOX_SAYS),
+    ("team-quiet", "busybox", 0, True, "unsupported", None, None),
+    ("team-warn", "busybox", 0, True, "unsupported", None, BUSYBOX_SAYS),
 ], ids=["pass", "fail-enforce", "fail-warn", "fail-audit", "error-deny", "error-warn",
-        "error-allow", "pending-deny", "pending-warn", "pending-allow", "pending-in-warn-mode"])
+        "error-allow", "pending-deny", "pending-warn", "pending-allow", "pending-in-warn-mode",
+        "unsupported-deny", "unsupported-warn", "unsupported-allow", "unsupported-in-warn-mode"])
 def test_states_and_the_policys_actions(policies, namespace, image, scan_s, allowed, verdict,
                                         says, warns):
     d = run(make_deps(policies, FakeService(finish=scan, scan_s=scan_s)),
@@ -130,6 +142,16 @@ def test_states_and_the_policys_actions(policies, namespace, image, scan_s, allo
         assert "status" not in d.response
     warnings = d.response.get("warnings", [])
     assert (any(warns in w for w in warnings) if warns else warnings == []), warnings
+
+
+def test_unsupported_images_are_named_in_the_audit_annotations(policies):
+    d = run(make_deps(policies, FakeService(finish=scan)),
+            pod("good", "busybox", namespace="team-lenient"))
+    audit = d.response["auditAnnotations"]
+    assert d.response["allowed"] is True and audit["verdict"] == "unsupported"
+    assert audit["unsupported"] == f"{IMG['busybox']}@{D['busybox']}=busybox"
+    assert f"{IMG['busybox']}@{D['busybox']}=unsupported" in audit["images"]
+    assert all(len(w) <= 120 for w in d.response["warnings"])
 
 
 def test_denial_names_path_digest_profile_worst_rules_report_and_reproduction(policies):
@@ -511,3 +533,66 @@ def test_memo_is_off_by_default_in_deps(policies):
     deps = make_deps(policies, service)
     run(deps, replica())
     assert not run(deps, replica()).memo
+
+
+# -- several platforms (SCAPGATE_PLATFORMS) ---------------------------------------------------
+
+MULTI = {"linux/amd64": D["good"], "linux/arm64": D["bad"]}     # an index whose arm64 is bad
+
+
+def multi_deps(policies, platforms=("linux/amd64", "linux/arm64")):
+    registry = FakeRegistry({**{n: d for n, d in D.items()}, "multi": MULTI,
+                             "s390x-only": {"linux/s390x": D["good"]}})
+    deps = make_deps(policies, FakeService(finish=scan), registry=registry)
+    deps.resolver = Resolver(registry, ttl_s=30, platforms=platforms)
+    return deps
+
+
+def pinned_pod(arch_spec: dict, kind="Pod") -> dict:
+    spec = {**pod_spec(["registry.test/team/multi:1"]), **arch_spec}
+    return make_review(workload(kind, spec, namespace="team-a"))
+
+
+def test_every_listed_platform_of_an_index_is_judged_and_the_worst_decides(policies):
+    d = run(multi_deps(policies), pod("registry.test/team/multi:1"))
+    assert d.response["allowed"] is False and d.verdict == "fail"
+    assert message(d).startswith("spec.containers[0].image [linux/arm64]: "
+                                 f"registry.test/team/multi:1 ({D['bad']}) fails policy default")
+    images = d.response["auditAnnotations"]["images"]
+    assert f"multi:1@{D['good']}=pass" in images and f"multi:1@{D['bad']}=fail" in images
+
+
+def test_one_platform_listed_judges_that_platform_only(policies):
+    d = run(multi_deps(policies, ("linux/amd64",)), pod("registry.test/team/multi:1"))
+    assert d.response["allowed"] is True and d.verdict == "pass"
+
+
+@pytest.mark.parametrize("arch_spec,kind,allowed", [
+    ({"nodeSelector": {"kubernetes.io/arch": "amd64"}}, "Pod", True),
+    ({"nodeSelector": {"kubernetes.io/arch": "arm64"}}, "Pod", False),
+    ({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}}},
+     "Deployment", True),
+    ({"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+        "weight": 1, "preference": {"matchExpressions": [
+            {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}}]}}},
+     "Pod", False),
+], ids=["selector-amd64", "selector-arm64", "required-affinity-amd64", "preferred-is-not-a-pin"])
+def test_a_pod_pinned_to_an_architecture_is_judged_on_it(policies, arch_spec, kind, allowed):
+    d = run(multi_deps(policies), pinned_pod(arch_spec, kind))
+    assert d.response["allowed"] is allowed, message(d)
+
+
+def test_an_index_offering_none_of_the_platforms_is_an_error_naming_them(policies):
+    d = run(multi_deps(policies), pod("registry.test/team/s390x-only:1"))
+    assert (d.response["allowed"], d.verdict) == (False, "error")
+    assert "offers none of the platforms" in message(d)
+
+
+def test_the_memo_keeps_pinned_and_unpinned_pods_apart(policies):
+    deps = multi_deps(policies)
+    deps.memo_s = 1.0
+    assert run(deps, pinned_pod({"nodeSelector": {"kubernetes.io/arch": "amd64"}})
+               ).response["allowed"] is True
+    assert run(deps, pinned_pod({})).response["allowed"] is False

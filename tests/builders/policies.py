@@ -58,4 +58,7 @@ def result(*rules: tuple[str, str, str], oval: tuple[OvalResult, ...] = (),
     return ScanResult(key=key, image="docker.io/library/debian:12", state=state, error=error,
                       rules=[RuleResult(RULE + rid, rid.replace("_", " "), sev, res)
                              for rid, sev, res in rules],
-                      oval=list(oval), score=score)
+                      oval=list(oval), score=score, product="debian12", profile=STANDARD,
+                      tools={"content": "ssg-debian12-ds.xml", "content_sha256": "d" * 64},
+                      identity={"distro": "debian", "version": "12",
+                                "pretty": "Debian GNU/Linux 12 (bookworm)"})

@@ -145,8 +145,9 @@ class ScanEnv:
         from webhook.scan import content as content_mod
         from webhook.scan import engine
         self.settings = settings
+        self.datastream = datastream
         self.pipeline = engine.build_pipeline(settings)
-        self.content = content_mod.spec(str(datastream), STANDARD_PROFILE)
+        self.content = content_mod.single(str(datastream), STANDARD_PROFILE)
 
     def key(self, image):
         return self.pipeline.key(image.digest, self.content)

@@ -233,8 +233,7 @@ def write_policies(directory: Path, datastream: str) -> Path:
     """The policy set the test server runs: the repository's default policy for most
     namespaces, plus one namespace per mode and action under test."""
     directory.mkdir(parents=True, exist_ok=True)
-    default = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
-    default["spec"]["content"]["datastream"] = datastream
+    default = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())  # as shipped
     docs = {
         "default": default,
         "warn": policy_doc("warn", namespaces=["team-warn"], enforcement="warn",
@@ -242,7 +241,8 @@ def write_policies(directory: Path, datastream: str) -> Path:
         "audit": policy_doc("audit", namespaces=["team-audit"], enforcement="audit",
                             datastream=datastream),
         "lenient": policy_doc("lenient", namespaces=["team-lenient"], datastream=datastream,
-                              actions={"pending": "warn", "error": "warn"}),
+                              actions={"pending": "warn", "error": "warn",
+                                       "unsupported": "deny"}),
         "glass": policy_doc("glass", namespaces=["team-glass"], datastream=datastream,
                             break_glass_users=["oncall"]),
     }
@@ -483,7 +483,24 @@ class FakeRegistry:
         self.delay_s = delay_s
         self.calls: list[str] = []
 
+    def resolve_all(self, ref, platforms, *, docker_config=None):
+        """An answer per platform: {repo: {"linux/amd64": digest, …}} (else as resolve)."""
+        answer = self.answers.get(ref.repository.rsplit("/", 1)[-1])
+        if isinstance(answer, dict):
+            self.calls.append(str(ref))
+            found = tuple((p, answer[p]) for p in platforms if p in answer)
+            if not found:
+                from webhook.scan.registry import PlatformMissing
+                raise PlatformMissing(f"image {ref} offers none of the platforms")
+            return found, "sha256:" + "f" * 64
+        digest, top = self.resolve(ref, docker_config=docker_config)
+        return (("", digest),), top
+
     def resolve(self, ref, *, docker_config=None, platform=None):
+        answer = self.answers.get(ref.repository.rsplit("/", 1)[-1])
+        if isinstance(answer, dict):
+            digests, top = self.resolve_all(ref, (platform or "linux/amd64",))
+            return digests[0][1], top
         self.calls.append(str(ref))
         if self.delay_s:
             time.sleep(self.delay_s)
@@ -501,9 +518,9 @@ class FakePipeline:
 
     def key(self, digest, content):
         from webhook.scan.results import ScanKey
-        return ScanKey(digest=digest, content_sha256=content.datastream_sha256,
-                       profile=content.profile, tailoring_sha256=content.tailoring_sha256,
-                       scanner_version="test-scanner")
+        return ScanKey(digest=digest, content_sha256=content.digest,
+                       profile=",".join(s.profile for _, s in content.entries),
+                       tailoring_sha256="", scanner_version="test-scanner")
 
 
 class FakeService:

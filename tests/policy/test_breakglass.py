@@ -79,13 +79,20 @@ def test_missing_user_info_is_refused():
 
 def test_trail_carries_policy_content_digest_and_waivers(tmp_path, scap_datastream):
     pol = P.load(write(tmp_path / "p.yaml", doc("p", waivers=[waiver()])))
-    spec = pol.content()
-    verdict = P.evaluate(result(("package_telnetd_removed", "high", "fail"),
-                                ("file_permissions_etc_shadow", "medium", "fail")),
-                         pol, image="docker.io/library/x:1", namespace="n", today=TODAY)
-    t = P.trail(pol, spec, "sha256:" + "b" * 64, verdict)
+    content = pol.content()
+    res = result(("package_telnetd_removed", "high", "fail"),
+                 ("file_permissions_etc_shadow", "medium", "fail"))
+    verdict = P.evaluate(res, pol, image="docker.io/library/x:1", namespace="n", today=TODAY)
+    t = P.trail(pol, content, "sha256:" + "b" * 64, verdict, res)
     assert t["policy"] == "p" and t["policy_sha256"] == pol.sha256 and len(pol.sha256) == 64
-    assert t["content_sha256"] == content_mod.sha256_file(str(scap_datastream))
+    # the policy's content set (the content part of every scan key under it) …
+    assert content.products() == ["debian12"]
+    assert content.for_product("debian12").datastream_sha256 == \
+        content_mod.sha256_file(str(scap_datastream))
+    assert t["content_set_sha256"] == content.sha256() and len(t["content_set_sha256"]) == 64
+    # … and what judged this image, from its scan result
+    assert (t["product"], t["content"], t["content_sha256"]) == \
+        ("debian12", "ssg-debian12-ds.xml", "d" * 64)
     assert t["profile"] == pol.profile and t["digest"] == "sha256:" + "b" * 64
     assert t["waivers"] == [{"id": "package_telnetd_removed", "waiver": "package_telnetd_removed",
                              "ticket": "SEC-1", "owner": "team-a", "expires": "2026-12-31"}]
@@ -97,4 +104,4 @@ def test_trail_carries_policy_content_digest_and_waivers(tmp_path, scap_datastre
 def test_trail_without_content_spec():
     pol = P.from_document(doc("p"))
     t = P.trail(pol, None, "", P.on_state("error", pol, detail="content missing"))
-    assert t["content_sha256"] == "" and t["profile"] == pol.profile and t["state"] == "error"
+    assert t["content_set_sha256"] == "" and "product" not in t and t["state"] == "error"

@@ -49,7 +49,7 @@ ANY_DIGEST = "sha256:" + "ab" * 32
 
 @pytest.fixture
 def content(scap_datastream):
-    return content_mod.spec(str(scap_datastream), ib.STANDARD_PROFILE)
+    return content_mod.single(str(scap_datastream), ib.STANDARD_PROFILE)
 
 
 @pytest.fixture
@@ -265,8 +265,10 @@ def test_oscap_missing_cli(cli, fake_path, images, registry):
 # -- SCAP content ---------------------------------------------------------------------------------
 
 def _policy_with(tmp_path: Path, **content_changes) -> Path:
+    """The shipped policy judging with one datastream (profile standard) instead of its
+    per-distribution content."""
     doc = yaml.safe_load(POLICY.read_text())
-    doc["spec"]["content"].update(content_changes)
+    doc["spec"]["content"] = {"profile": ib.STANDARD_PROFILE, **content_changes}
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -294,7 +296,7 @@ def test_corrupt_content_is_permanent(corrupt, phrase, tmp_path, scap_datastream
                                       make_pipeline, images, registry, cli):
     broken = tmp_path / "ssg-debian12-ds.xml"
     broken.write_bytes(corrupt(scap_datastream.read_bytes()))
-    spec = content_mod.spec(str(broken), ib.STANDARD_PROFILE)
+    spec = content_mod.single(str(broken), ib.STANDARD_PROFILE)
     result = make_pipeline(registry.host).scan(pinned(images["good"]), spec)
     assert_scan_error(result, phrase, True)
     run = cli.scan(images["good"], policy=_policy_with(tmp_path, datastream=str(broken)),
@@ -303,15 +305,32 @@ def test_corrupt_content_is_permanent(corrupt, phrase, tmp_path, scap_datastream
 
 
 def test_unknown_profile_is_permanent(scap_datastream, make_pipeline, images, registry):
-    spec = content_mod.spec(str(scap_datastream), "xccdf_org.ssgproject.content_profile_nope")
+    spec = content_mod.single(str(scap_datastream), "xccdf_org.ssgproject.content_profile_nope")
     result = make_pipeline(registry.host).scan(pinned(images["good"]), spec)
     assert_scan_error(result, "no profile matching", True)
 
 
-def test_content_that_does_not_apply_is_permanent(make_pipeline, content, images, registry):
-    result = make_pipeline(registry.host).scan(pinned(images["nondebian"]), content)
+def test_content_that_does_not_apply_is_permanent(make_pipeline, images, registry, tmp_path,
+                                                  scap_datastream):
+    """Pitfall 4: the wrong datastream exits 0 with every rule notapplicable. A datastream not
+    named after a product judges any identified image: Ubuntu's content on a Debian 12 image
+    must be an error, never a pass."""
+    other = tmp_path / "other-ds.xml"
+    shutil.copy(scap_datastream.parent / "ssg-ubuntu2204-ds.xml", other)
+    content = content_mod.single(str(other), ib.STANDARD_PROFILE)
+    assert content.products() == ["*"]
+    result = make_pipeline(registry.host).scan(pinned(images["good"]), content)
     assert_scan_error(result, "does not apply", True)
-    assert "ID=alpine" in result.error
+    assert "ID=debian VERSION_ID=12" in result.error and result.product == ""
+
+
+def test_an_image_no_content_judges_is_unsupported_not_an_error(make_pipeline, content, images,
+                                                                 registry):
+    result = make_pipeline(registry.host).scan(pinned(images["nondebian"]), content)
+    assert (result.state, result.permanent, result.product) == ("unsupported", True, "")
+    assert result.error == ("no SCAP content for alpine 3.20.3 (ID=alpine VERSION_ID=3.20.3): "
+                            "not judged")
+    assert result.identity["distro"] == "alpine" and not result.rules
 
 
 # -- disks ----------------------------------------------------------------------------------------

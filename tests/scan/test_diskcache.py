@@ -143,7 +143,7 @@ def test_scans_keep_the_cache_in_budget_and_an_evicted_image_scans_again(
         make_pipeline, images, scap_datastream):
     """Wired into Pipeline.scan: after each scan the cache is trimmed; a later scan of an
     evicted image fetches it again and reaches the same verdict."""
-    content = content_mod.spec(str(scap_datastream), ib.STANDARD_PROFILE)
+    content = content_mod.single(str(scap_datastream), ib.STANDARD_PROFILE)
     probe = make_pipeline(1 << 40)
     fetch(probe, images["good"])
     good = blob_bytes(probe)

@@ -10,8 +10,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests import builders
 
@@ -84,10 +86,32 @@ def test_missing_platform(scan, images):
     assert proc.returncode == 2 and "no manifest for platform linux/s390x" in proc.stderr
 
 
-def test_non_debian_is_an_error_not_a_pass(scan, images):
-    proc = scan(images["nondebian"])
-    assert proc.returncode == 2
-    assert "does not apply to this image" in proc.stderr and "ID=alpine" in proc.stderr
+def test_alpine_is_unsupported_never_a_pass(scan, images, tmp_path):
+    """No SCAP content exists for Alpine: the shipped policy admits it with a warning naming
+    what was found (exit 0), a policy whose unsupported action is deny denies it (exit 1);
+    either way the state is unsupported, never pass."""
+    proc = scan(images["nondebian"], "--json")
+    doc = json.loads(proc.stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert (doc["verdict"]["state"], doc["verdict"]["allowed"], doc["product"]) == \
+        ("unsupported", True, "")
+    assert doc["verdict"]["detail"] == \
+        "no SCAP content for alpine 3.20.3 (ID=alpine VERSION_ID=3.20.3): not judged"
+    assert doc["identity"]["distro"] == "alpine" and doc["identity"]["evidence"]
+    strict = yaml.safe_load(Path(POLICY).read_text())
+    strict["spec"]["actions"]["unsupported"] = "deny"
+    (tmp_path / "strict.yaml").write_text(yaml.safe_dump(strict))
+    proc = scan(images["nondebian"], "--policy", str(tmp_path / "strict.yaml"))
+    assert proc.returncode == 1 and "UNSUPPORTED (denied" in proc.stdout, proc.stdout
+    assert "no SCAP content for alpine 3.20.3" in proc.stderr
+
+
+def test_debian_12_is_judged_with_its_own_content(scan, images):
+    doc = json.loads(scan(images["bad"], "--json").stdout)
+    assert (doc["product"], doc["result"]["tools"]["content"]) == \
+        ("debian12", "ssg-debian12-ds.xml")
+    assert doc["profile"] == "xccdf_org.ssgproject.content_profile_standard"
+    assert any(p.endswith("os-release") for p, _ in doc["identity"]["evidence"])
 
 
 def test_missing_image(scan, registry):

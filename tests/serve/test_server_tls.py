@@ -81,7 +81,8 @@ def test_workload_kinds_are_judged_by_their_pod_template(apiserver, scanned, kin
     assert r["allowed"] is False
     msg = denial(resp)
     assert msg.startswith(f"{image_path(kind, 'containers', 1)}: {scanned['bad']} "
-                          f"({scanned['bad'].digest}) fails policy default, profile standard:")
+                          f"({scanned['bad'].digest}) fails policy default, debian12 content, "
+                          "profile standard:")
     assert image_path(kind, "containers", 0) not in msg            # the good container
     for rule in BAD_RULES:
         assert rule in msg
@@ -201,21 +202,29 @@ def test_warn_and_audit_modes_admit_failing_images(apiserver, scanned, namespace
     assert all(len(w) < 120 for w in warnings) and sum(map(len, warnings)) < 4096
 
 
-@pytest.mark.parametrize("namespace, allowed", [("team-a", False), ("team-lenient", True)],
-                         ids=["error-deny", "error-warn"])
-def test_scan_error_takes_the_policys_error_action(apiserver, scanned, namespace, allowed):
-    """A non-Debian image: the content does not apply, a scan error (never a silent pass)."""
+ALPINE_SAYS = "no SCAP content for alpine 3.20.3 (ID=alpine VERSION_ID=3.20.3): not judged"
+
+
+@pytest.mark.parametrize("namespace, allowed", [("team-a", True), ("team-lenient", False)],
+                         ids=["shipped-warn", "deny"])
+def test_an_image_without_scap_content_takes_the_unsupported_action(apiserver, scanned,
+                                                                     namespace, allowed):
+    """An Alpine image: no SCAP content exists for it. The shipped policy admits it with a
+    warning naming what was found; a policy without `unsupported: warn` denies it (fail
+    closed). Never a silent pass: the audit verdict says unsupported."""
     resp = apiserver.review(make_review(
         workload("Pod", pod_spec([scanned["nondebian"]]), namespace=namespace)))
     assert resp["response"]["allowed"] is allowed
-    assert audit(resp)["verdict"] == "error"
+    assert audit(resp)["verdict"] == "unsupported"
+    assert audit(resp)["unsupported"] == f"{scanned['nondebian']}@" \
+        f"{scanned['nondebian'].digest}=alpine 3.20.3"
     if allowed:
-        assert any("not scanned" in w for w in resp["response"]["warnings"])
+        assert resp["response"]["warnings"] == [f"spec.containers[0].image: {ALPINE_SAYS}"]
     else:
         msg = denial(resp)
-        assert msg.startswith(f"spec.containers[0].image: {scanned['nondebian']} cannot be "
-                              "scanned under policy default:")
-        assert "does not apply" in msg
+        assert msg == (f"spec.containers[0].image: {scanned['nondebian']} "
+                       f"({scanned['nondebian'].digest}) is denied by policy lenient "
+                       f"(actions.unsupported: deny): {ALPINE_SAYS}")
 
 
 def test_first_scan_inside_the_budget_is_answered_with_its_verdict(server, apiserver, registry,
@@ -356,7 +365,11 @@ def test_one_log_line_per_decision_with_its_trail(server, apiserver, scanned, sc
     pol = rec["policies"]["default"]        # the policy/content trail, once per policy
     assert re.fullmatch(r"[0-9a-f]{64}", pol["policy_sha256"])
     assert pol["policy_file"].endswith(".yaml") and pol["enforcement"] == "enforce"
-    assert pol["content_sha256"] == ds_sha and pol["profile"].endswith("_standard")
+    assert re.fullmatch(r"[0-9a-f]{64}", pol["content_set_sha256"])   # every product's content
+    bad = by_digest[scanned["bad"].digest]                              # what judged this image
+    assert (bad["product"], bad["content"], bad["content_sha256"]) == \
+        ("debian12", "ssg-debian12-ds.xml", ds_sha)
+    assert bad["profile"].endswith("_standard")
     assert pol["scanner"].startswith("openscap-")
     assert by_digest[scanned["bad"].digest]["state"] == "fail"
 

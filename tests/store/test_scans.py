@@ -197,7 +197,7 @@ def test_unreachable_registry_is_retried_with_backoff_then_stored(scan_env, imag
     env = scan_env
     dead = f"127.0.0.1:{free_port()}"                   # nothing listens: refused
     env.settings.insecure_registries += (dead,)
-    env.pipeline = ScanEnv(env.settings, env.content.datastream).pipeline
+    env.pipeline = ScanEnv(env.settings, env.datastream).pipeline
     job = env.job(images["good"])
     job = scans.Job(job.key, image=f"{dead}/synthetic/good@{images['good'].digest}",
                     content=env.content)

@@ -19,7 +19,7 @@ from ..scan import images as images_mod
 from ..scan.content import ContentError
 from ..scan.registry import RegistryError
 from ..scan.resolver import wait as wait_resolution
-from ..scan.results import ContentSpec, ScanResult
+from ..scan.results import ContentSet, ScanResult
 from ..store.base import FULL
 from ..store.scans import Job
 from . import response
@@ -28,7 +28,8 @@ from .budget import Budget
 from .memo import memo_key, reusable
 from .model import Check, Decision, Deps
 from .review import Request
-from .workload import Container, ObjectError, containers_of, images_changed, pod_spec_path
+from .workload import (Container, ObjectError, containers_of, images_changed, node_arches,
+                       pod_spec_path)
 
 POLL_S = 0.05            # polling for the rescan of a key that already has a result
 
@@ -70,7 +71,7 @@ def decide(req: Request, deps: Deps, budget: Budget) -> Decision:
     checks = plan(containers, namespace, deps, pset)
     if not any(c.policy for c in checks):
         return _allow("no_policy", checks)
-    _resolve(checks, deps, budget)
+    checks = _resolve(checks, deps, budget, node_arches(req["kind"], req.get("object")))
     _find_results(checks, deps, budget)
     for c in _undecided(checks):
         c.verdict = policy_mod.evaluate(c.result, c.policy, image=str(c.ref),
@@ -151,23 +152,41 @@ def _undecided(checks: list[Check]) -> list[Check]:
 
 # -- stages -----------------------------------------------------------------------------------
 
-def _resolve(checks: list[Check], deps: Deps, budget: Budget) -> None:
-    """Tags → platform digests, all asked at once, each answer awaited within the budget."""
-    futures = [(c, deps.resolver.start(c.ref)) for c in _undecided(checks)]
-    for c, future in futures:
+def _resolve(checks: list[Check], deps: Deps, budget: Budget,
+             arches: tuple[str, ...] = ()) -> list[Check]:
+    """Tags → platform digests, all asked at once, each answer awaited within the budget.
+    An image index is judged on every platform the nodes run (one check per platform whose
+    manifest differs), or only on the architectures the pod is pinned to."""
+    platforms = tuple(f"linux/{a}" for a in arches) or None
+    futures = {id(c): deps.resolver.start(c.ref, platforms=platforms)
+               for c in _undecided(checks)}
+    out: list[Check] = []
+    for c in checks:
+        future = futures.get(id(c))
+        if future is None:
+            out.append(c)
+            continue
         try:
             res = wait_resolution(future, c.ref, budget.left())
         except RegistryError as e:
             c.resolve = "error"
             c.verdict = policy_mod.on_state("error", c.policy, detail=str(e))
+            out.append(c)
             continue
         c.digest, c.resolve = res.digest, "hit" if res.cached else "miss"
+        digests = res.digests or (("", res.digest),)
+        if len(digests) == 1:
+            out.append(c)
+            continue
+        for platform, digest in digests:
+            out.append(dataclasses.replace(c, digest=digest, platform=platform, notes=[]))
+    return out
 
 
 def _find_results(checks: list[Check], deps: Deps, budget: Budget) -> None:
     """Look up every result and submit every missing scan first (early scans for all the
     images), then wait for the missing ones within the budget."""
-    contents: dict[int, ContentSpec | ContentError] = {}    # one content check per policy
+    contents: dict[int, ContentSet | ContentError] = {}     # one content check per policy
     todo: list[Check] = []
     for c in _undecided(checks):
         content = contents.get(id(c.policy))

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import orjson
 
 from .review import Request
-from .workload import Container, annotations_of
+from .workload import Container, annotations_of, node_arches
 
 Decision = Any        # model.Decision; not imported, because model.Deps holds a Memo
 
@@ -62,7 +62,8 @@ def memo_key(req: Request, containers: list[Container], namespace: str, today) -
                 kind.get("version") or "", kind.get("kind"), namespace, tuple(containers),
                 orjson.dumps(req.get("userInfo"), option=orjson.OPT_SORT_KEYS),
                 orjson.dumps(annotations_of(req), option=orjson.OPT_SORT_KEYS),
-                orjson.dumps(meta.get("ownerReferences"), option=orjson.OPT_SORT_KEYS), today)
+                orjson.dumps(meta.get("ownerReferences"), option=orjson.OPT_SORT_KEYS), today,
+                node_arches(kind, obj))
     except (TypeError, ValueError, orjson.JSONEncodeError):
         return None
 

@@ -8,7 +8,7 @@ from typing import Callable
 from .. import policy as policy_mod
 from ..scan import images as images_mod
 from ..scan.resolver import Resolver
-from ..scan.results import ContentSpec, ScanKey, ScanResult
+from ..scan.results import ContentSet, ScanKey, ScanResult
 from .budget import Estimate
 from .memo import Memo
 from .review import Response
@@ -44,9 +44,10 @@ class Check:
     image: str
     containers: list[Container]
     ref: images_mod.ImageRef | None = None
+    platform: str = ""               # one of several platforms judged ("" = the only one)
     policy: policy_mod.Policy | None = None
     digest: str = ""
-    content: ContentSpec | None = None
+    content: ContentSet | None = None
     key: ScanKey | None = None
     result: ScanResult | None = None
     resolve: str = ""                # hit | miss | error (tag → digest)
@@ -57,7 +58,9 @@ class Check:
 
     @property
     def paths(self) -> str:
-        return ", ".join(c.path for c in self.containers)
+        """The field paths, and the platform when several of an image index are judged."""
+        where = ", ".join(c.path for c in self.containers)
+        return f"{where} [{self.platform}]" if self.platform else where
 
     @property
     def pinned(self) -> str:

@@ -15,7 +15,7 @@ from .review import Response
 
 RULES_SHOWN = 3          # worst failing rules named per image; the rest are counted
 IMAGES_SHOWN = 5         # denied images described in one message
-STATE_ORDER = {"fail": 3, "error": 2, "pending": 1, "pass": 0}
+STATE_ORDER = {"fail": 4, "error": 3, "unsupported": 2, "pending": 1, "pass": 0}
 
 
 def build(judged: list, *, report_url: str = "",
@@ -66,14 +66,27 @@ def describe(c, report_url: str, policy_root: str) -> str:
         return f"{c.paths}: {v.detail}"
     if v.state == "error":
         return f"{c.paths}: {_cut(c.image)} cannot be scanned under policy {p.name}: {v.detail}"
+    if v.state == "unsupported":
+        return (f"{c.paths}: {_cut(c.image)} ({c.digest}) is denied by policy {p.name} "
+                f"(actions.unsupported: deny): {v.detail}")
     lines = [f"{c.paths}: {_cut(c.image)} ({c.digest}) fails policy {p.name}, "
-             f"profile {p.profile.rsplit('_profile_', 1)[-1]}:"]
+             f"{judged_by(c)}:"]
     lines += [f"  {r.severity:<6} {r.id}  {r.title}" for r in v.reasons[:RULES_SHOWN]]
     if len(v.reasons) > RULES_SHOWN:
         lines.append(f"  +{len(v.reasons) - RULES_SHOWN} more")
     lines.append(f"  full report: GET {report_path(report_url, c.digest, p.name)}")
     lines.append(f"  reproduce: scapgate scan {c.pinned} --policy {policy_file(p, policy_root)}")
     return "\n".join(lines)
+
+
+def judged_by(c) -> str:
+    """"debian12 content, profile standard": what the image was identified as and judged
+    with (from its scan result; the policy's own profile when the result does not say)."""
+    r = c.result
+    profile = (r.profile if r is not None and r.profile else c.policy.profile)
+    short = profile.rsplit("_profile_", 1)[-1] or "?"
+    return f"{r.product} content, profile {short}" if r is not None and r.product \
+        else f"profile {short}"
 
 
 def report_path(base: str, digest: str, policy_name: str) -> str:
@@ -101,16 +114,26 @@ def warnings_for(c) -> list[str]:
     elif v.state == "fail" and p.enforcement != "audit":
         ids = ", ".join(r.id for r in v.reasons[:RULES_SHOWN])
         out.append(f"{where}: {len(v.reasons)} failing rules ({p.enforcement} mode): {ids}")
-    elif v.state in ("pending", "error") and _loud(v.state, p):
-        what = "scan in progress" if v.state == "pending" else f"not scanned: {v.detail}"
-        out.append(f"{where}: {what}; admitted by policy {p.name}")
+    elif v.state in ("pending", "error", "unsupported") and _loud(v.state, p):
+        if v.state == "unsupported":            # the detail says "not judged" already
+            out.append(_clip(f"{where}: {v.detail}"))
+        else:
+            what = "scan in progress" if v.state == "pending" else f"not scanned: {v.detail}"
+            out.append(f"{where}: {what}; admitted by policy {p.name}")
     return out + c.notes
 
 
 def _loud(state: str, p: policy_mod.Policy) -> bool:
-    """A pending/error admission warns unless the policy says allow or audits silently."""
-    action = p.on_pending if state == "pending" else p.on_error
+    """A pending/error/unsupported admission warns unless the policy says allow or audits
+    silently."""
+    action = policy_mod.action_of(state, p)
     return action == "warn" or (action == "deny" and p.enforcement == "warn")
+
+
+def _clip(text: str) -> str:
+    """kube-apiserver shows warnings; each is kept under its length."""
+    limit = policy_mod.WARNING_LIMIT
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def audit_annotations(judged: list, worst: str) -> dict[str, str]:
@@ -121,7 +144,16 @@ def audit_annotations(judged: list, worst: str) -> dict[str, str]:
     rules = sorted({r.id for c in judged for r in c.verdict.reasons})
     if rules:
         out["rules"] = ",".join(rules)
+    unsupported = [c for c in judged if c.verdict.state == "unsupported"]
+    if unsupported:
+        out["unsupported"] = ",".join(f"{c.pinned}={_found(c)}" for c in unsupported)
     for c in judged:
         if c.glass:
             out.update(c.glass.audit)
     return out
+
+
+def _found(c) -> str:
+    """What an unsupported image was found to be: "alpine 3.20.3", "none"."""
+    ident = c.result.identity if c.result is not None else {}
+    return " ".join(x for x in (ident.get("distro", ""), ident.get("version", "")) if x) or "?"

@@ -108,3 +108,37 @@ def annotations_of(req: Mapping) -> dict:
         if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
             out.update(meta["annotations"])
     return out
+
+
+ARCH_LABEL = "kubernetes.io/arch"
+
+
+def node_arches(kind: str | Mapping, obj: Mapping | None) -> tuple[str, ...]:
+    """The CPU architectures the pod is pinned to: its nodeSelector's kubernetes.io/arch, or
+    the values of a required node affinity term on it (an `In` on every term: the pod runs
+    only there). () when it may run on any node. Malformed fields count as no pinning."""
+    path = pod_spec_path(kind)
+    spec: object = obj
+    for step in path or ():
+        spec = spec.get(step) if isinstance(spec, dict) else None
+    if not isinstance(spec, dict):
+        return ()
+    selector = spec.get("nodeSelector")
+    if isinstance(selector, dict) and isinstance(selector.get(ARCH_LABEL), str):
+        return (selector[ARCH_LABEL],)
+    terms = (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+             .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    terms = terms.get("nodeSelectorTerms") if isinstance(terms, dict) else None
+    if not isinstance(terms, list) or not terms:
+        return ()
+    arches: list[str] = []
+    for term in terms:                 # terms are ORed: every one must pin the arch
+        pinned = [v for e in (term.get("matchExpressions") or [] if isinstance(term, dict)
+                              else []) if isinstance(e, dict) and e.get("key") == ARCH_LABEL
+                  and e.get("operator") == "In" and isinstance(e.get("values"), list)
+                  for v in e["values"] if isinstance(v, str)]
+        if not pinned:
+            return ()
+        arches += [a for a in pinned if a not in arches]
+    return tuple(arches)
+

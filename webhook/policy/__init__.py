@@ -18,39 +18,17 @@ The names below are the stage's API, so callers write `policy.evaluate(...)`,
 """
 from .breakglass import BREAK_GLASS_ANNOTATION, BreakGlass, break_glass
 from .file import PolicyError
-from .model import (
-                    DEFAULTS,
-                    SCHEMA_PATH,
-                    Policy,
-                    PolicySet,
-                    Waiver,
-                    from_document,
-                    load,
-                    load_set,
-                    matches_any,
-                    parse_duration,
-                    policy_files,
-                    schema,
-                    schema_errors,
-                    short_rule_id,
-)
-from .verdict import (
-                    WARNING_LIMIT,
-                    Reason,
-                    Verdict,
-                    content_trail,
-                    enforcement_of,
-                    evaluate,
-                    on_state,
-                    trail,
-                    verdict_trail,
-                    waiver_for,
-)
+from .model import (DEFAULTS, SCHEMA_PATH, Policy, PolicySet, ProductContent, Waiver,
+                    from_document, load, load_set, matches_any, parse_duration, policy_files,
+                    schema, schema_errors, short_rule_id)
+from .verdict import (WARNING_LIMIT, Reason, Verdict, action_of, content_trail, enforcement_of,
+                      evaluate, on_state, trail, verdict_trail, waiver_for)
 
 __all__ = [
     "BREAK_GLASS_ANNOTATION", "BreakGlass", "break_glass", "PolicyError", "DEFAULTS",
-    "SCHEMA_PATH", "Policy", "PolicySet", "Waiver", "from_document", "load", "load_set",
-    "matches_any", "parse_duration", "policy_files", "schema", "schema_errors", "short_rule_id",
-    "WARNING_LIMIT", "Reason", "Verdict", "content_trail", "enforcement_of", "evaluate",
-    "on_state", "trail", "verdict_trail", "waiver_for",
+    "SCHEMA_PATH", "Policy", "PolicySet", "ProductContent", "Waiver", "from_document", "load",
+    "load_set", "matches_any", "parse_duration", "policy_files",
+    "schema", "schema_errors", "short_rule_id", "WARNING_LIMIT", "Reason", "Verdict",
+    "action_of", "content_trail", "enforcement_of", "evaluate", "on_state", "trail",
+    "verdict_trail", "waiver_for",
 ]

@@ -145,6 +145,28 @@ def explain_rules(result, pol: P.Policy, *, image: str, namespace: str,
     return lines or ["  no rule fails"]
 
 
+def detected(result, pol: P.Policy) -> list[str]:
+    """What the image was identified as, from which files, and which content judged it."""
+    ident = result.identity or {}
+    if not ident:
+        return []
+    found = ident.get("pretty") or " ".join(
+        x for x in (ident.get("distro", ""), ident.get("version", "")) if x) or "nothing known"
+    db = ident.get("package_db") or "none"
+    out = [f"Detected: {found} (package database: {db}) → "
+           + (f"{result.product}" if result.product else "no SCAP product")]
+    for path, text in (ident.get("evidence") or [])[:8]:
+        first = text.splitlines()[0] if text else ""
+        out.append(f"  {path}: {first[:100]}")
+    if result.product:
+        out.append(f"Judged with {result.tools.get('content', '?')}, profile "
+                   f"{(result.profile or '').rsplit('_profile_', 1)[-1]} (policy {pol.name}, "
+                   "content.products)")
+    elif ident.get("reason"):
+        out.append(f"Why unsupported: {ident['reason']}")
+    return out
+
+
 def cmd_explain(args) -> int:
     from ..scan import images
     try:
@@ -164,11 +186,16 @@ def cmd_explain(args) -> int:
     result, digest = _result(args, pol)
     if result is None:
         return EXIT_ERROR
-    print(f"\nScan: {digest or '?'}, profile {pol.profile.rsplit('_profile_', 1)[-1]}, "
+    profile = (result.profile or pol.profile).rsplit("_profile_", 1)[-1] or "-"
+    print(f"\nScan: {digest or '?'}, profile {profile}, "
           f"{sum(result.counts().values())} rule results")
+    print("\n".join(detected(result, pol)))
     verdict = P.evaluate(result, pol, image=image, namespace=args.namespace, today=today)
     if result.state == "error":
         print(f"Scan error: {result.error}\nThe policy's action for errors is {pol.on_error!r}.")
+    elif result.state == "unsupported":
+        print(f"Not judged: {result.error}\nThe policy's action for unsupported images is "
+              f"{pol.on_unsupported!r}.")
     else:
         counts = result.counts()
         print("Rule by rule (failing rules, worst first):")

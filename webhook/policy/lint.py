@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 
 from .. import policy as P
+from ..scan import content as content_mod
+from ..scan.identify import FAMILIES
 from . import profiles as pc
 from .file import dates_to_text, line_of, read_document
 from .patterns import GLOB as _GLOB
@@ -132,8 +134,17 @@ def _f(findings: list, pol: P.Policy, node, where: list, level: str, code: str, 
 
 def check_content(pol: P.Policy, node, findings: list[Finding]) -> pc.Benchmark | None:
     """Datastream readable, profile present (in it or in the tailoring), tailoring valid and
-    extending this datastream's profiles, OVAL files readable. Returns the benchmark."""
+    extending this datastream's profiles, OVAL files readable; the same for every product
+    and family under content.products. Returns the top-level datastream's benchmark."""
     where_c = ["spec", "content"]
+    check_products(pol, node, findings)
+    for i, oval in enumerate(pol.oval):
+        try:
+            pc.oval_ids(oval)
+        except pc.ContentProblem as e:
+            _f(findings, pol, node, where_c + ["oval", i], "error", "content-missing", str(e))
+    if not pol.datastream:
+        return None
     try:
         bench = pc.benchmark(pol.datastream)
     except pc.ContentProblem as e:
@@ -149,12 +160,54 @@ def check_content(pol: P.Policy, node, findings: list[Finding]) -> pc.Benchmark 
         _f(findings, pol, node, where_c + ["profile"], "error", "profile-missing",
            f"profile {pol.profile} is not in {os.path.basename(pol.datastream)}"
            f"{' or the tailoring' if pol.tailoring else ''} (it has: {in_ds})")
-    for i, oval in enumerate(pol.oval):
-        try:
-            pc.oval_ids(oval)
-        except pc.ContentProblem as e:
-            _f(findings, pol, node, where_c + ["oval", i], "error", "content-missing", str(e))
     return bench
+
+
+def check_products(pol: P.Policy, node, findings: list[Finding]) -> None:
+    """Each content.products entry: the datastream of a product named on its own exists; a
+    family has at least one installed product (the others are reported: their images will be
+    unsupported); the profile is in every datastream it judges (or in the tailoring)."""
+    winner = pol.content_products()          # a product entry overrides its family's
+    for entry in pol.products:
+        where = ["spec", "content", "products", entry.key]
+        members = tuple(p for p in FAMILIES.get(entry.key, (entry.key,)) if winner[p] is entry)
+        installed = []
+        for product in members:
+            ds = entry.datastream or content_mod.datastream_for(product)
+            if os.path.exists(ds):
+                installed.append((product, ds))
+            elif entry.key not in FAMILIES or entry.datastream:
+                _f(findings, pol, node, where, "error", "content-missing",
+                   f"{entry.key}: datastream {ds} is missing (scripts/install-content.sh)")
+        missing = [p for p in members if p not in {x for x, _ in installed}]
+        if entry.key in FAMILIES and members and not installed:
+            _f(findings, pol, node, where, "error", "content-missing",
+               f"{entry.key}: no datastream of this family is installed ({', '.join(members)})")
+        elif entry.key in FAMILIES and missing:
+            _f(findings, pol, node, where, "warning", "content-partial",
+               f"{entry.key}: no content installed for {', '.join(missing)}: their images "
+               "will be unsupported")
+        tailored = None
+        if entry.tailoring:
+            try:
+                tailored = pc.tailoring(entry.tailoring)
+            except pc.ContentProblem as e:
+                _f(findings, pol, node, where + ["tailoring"], "error", "tailoring-invalid",
+                   f"{entry.key}: {e}")
+        for product, ds in installed:
+            try:
+                known = set(content_mod.profiles(ds))
+            except Exception as e:     # lxml or I/O: the datastream cannot be read
+                _f(findings, pol, node, where, "error", "content-missing",
+                   f"{product}: datastream {ds}: {e}")
+                continue
+            if tailored:
+                known |= set(tailored.profiles)
+            if entry.profile not in known:
+                names = ", ".join(sorted(p.rsplit("_profile_", 1)[-1] for p in known))
+                _f(findings, pol, node, where + ["profile"], "error", "profile-missing",
+                   f"{product}: profile {entry.profile.rsplit('_profile_', 1)[-1]} is not in "
+                   f"{os.path.basename(ds)} (it has: {names})")
 
 
 def _check_tailoring(pol, node, bench, findings) -> pc.Tailoring | None:

@@ -12,6 +12,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 from .. import policy as P
+from ..scan import content as content_mod
 from . import profiles as pc
 from .lint import discover
 
@@ -30,6 +31,9 @@ ACTIONS = {
     "error": {"deny": "denied with the scan error (fail closed)",
               "allow": "admitted silently although it could not be scanned",
               "warn": "admitted with a warning although it could not be scanned"},
+    "unsupported": {"deny": "denied: no SCAP content judges its distribution (Alpine, scratch…)",
+                    "allow": "admitted silently: no SCAP content judges its distribution",
+                    "warn": "admitted with a warning naming what was found (not judged)"},
 }
 
 
@@ -67,6 +71,8 @@ def collect(paths: list[str]) -> list[SetView]:
 
 def _view(pol: P.Policy) -> PolicyView:
     view = PolicyView(pol)
+    if not pol.datastream:
+        return view                     # content per product: listed by product_lines()
     try:
         bench = pc.benchmark(pol.datastream)
         tailored = pc.tailoring(pol.tailoring) if pol.tailoring else None
@@ -78,6 +84,10 @@ def _view(pol: P.Policy) -> PolicyView:
     except pc.ContentProblem as e:
         view.problem = str(e)
     return view
+
+
+def _profile_cell(pol: P.Policy) -> str:
+    return _short_profile(pol.profile) if pol.datastream else "per distribution"
 
 
 def _short_profile(pid: str) -> str:
@@ -118,15 +128,46 @@ def _waiver_status(w: P.Waiver, pol: P.Policy, today: dt.date, days: int | None)
     return f"in force, {left} days left"
 
 
+def product_lines(pol: P.Policy) -> list[str]:
+    """Which datastream and profile judge which distribution: "rhel9: ssg-rhel9-ds.xml,
+    profile cis_server_l1"; products whose content is not installed say so (unsupported)."""
+    out = []
+    for product, entry in pol.content_products().items():
+        if entry is None:
+            ds, prof, tail = pol.datastream, pol.profile, pol.tailoring
+        else:
+            ds = entry.datastream or content_mod.datastream_for(product)
+            prof, tail = entry.profile, entry.tailoring
+        name = "any identified distribution" if product == "*" else product
+        if not os.path.exists(ds):
+            out.append(f"{name}: not installed ({os.path.basename(ds)}): unsupported")
+            continue
+        ver = content_mod.manifest(os.path.dirname(ds)).get(os.path.basename(ds), {})
+        line = f"{name}: {os.path.basename(ds)}"
+        line += f" ({ver['package']} {ver['version']})" if ver.get("version") else ""
+        line += f", profile {_short_profile(prof)}"
+        if tail:
+            line += f" + tailoring {os.path.relpath(tail)}"
+        out.append(line)
+    return out
+
+
 def policy_facts(v: PolicyView) -> list[tuple[str, str]]:
     """(label, text) pairs describing one policy, shared by both renderings."""
     pol = v.policy
-    content = os.path.basename(pol.datastream)
-    if pol.tailoring:
-        content += f" + tailoring {os.path.relpath(pol.tailoring)}"
-    prof = f"{_short_profile(pol.profile)}" + (f' "{v.profile_title}"' if v.profile_title else "")
+    if pol.datastream:
+        content = os.path.basename(pol.datastream)
+        if pol.tailoring:
+            content += f" + tailoring {os.path.relpath(pol.tailoring)}"
+        prof = (f"{_short_profile(pol.profile)}"
+                + (f' "{v.profile_title}"' if v.profile_title else ""))
+        content = f"{content}, profile {prof}"
+    else:
+        content = "per distribution, listed under 'judges'"
     checks = v.problem or (f"{v.rules} rules; {len(v.blind)} of them cannot be evaluated in a "
-                           "container image (kernel, services, partitions: notapplicable)")
+                           "container image (kernel, services, partitions: notapplicable)"
+                           if pol.datastream else
+                           "each distribution's profile (`scapgate policy lint` checks them)")
     bg = ", ".join([f"user {u}" for u in sorted(pol.break_glass_users)]
                    + [f"group {g}" for g in sorted(pol.break_glass_groups)]) or "nobody"
     return [
@@ -134,11 +175,12 @@ def policy_facts(v: PolicyView) -> list[tuple[str, str]]:
         ("file", f"{pol.path} (sha256 {pol.sha256[:16]}…)"),
         ("applies to", ("default for namespaces no other policy matches: " if pol.default else "")
          + _where(pol) + f"; priority {pol.priority}"),
-        ("content", f"{content}, profile {prof}"), ("checks", checks),
+        ("content", content), ("checks", checks),
         ("denies on", _deny_text(pol)),
         ("enforcement", f"{pol.enforcement}: {ENFORCEMENT[pol.enforcement]}"),
         ("no result yet", f"{pol.on_pending}: {ACTIONS['pending'][pol.on_pending]}"),
         ("scan error", f"{pol.on_error}: {ACTIONS['error'][pol.on_error]}"),
+        ("unsupported", f"{pol.on_unsupported}: {ACTIONS['unsupported'][pol.on_unsupported]}"),
         ("stale result", f"older than {_age(pol.max_scan_age_s)} is rescanned; meanwhile "
          + ("it still decides" if pol.on_stale == "decide" else "treated as no result")),
         ("break-glass", bg),
@@ -192,14 +234,15 @@ def render_text(sets: list[SetView], *, today: dt.date, days: int | None = None,
         out += [f"  INVALID: {e}" for e in s.errors]
         if s.policies:
             out += _table(["#", "policy", "priority", "default", "namespaces", "images",
-                           "profile", "denies at", "mode", "pending", "error"],
+                           "profile", "denies at", "mode", "pending", "error", "unsupported"],
                           [[str(i + 1), v.policy.name, str(v.policy.priority),
                             "yes" if v.policy.default else "", _cut(", ".join(v.policy.namespaces)
                             + (" except " + ", ".join(v.policy.exclude_namespaces)
                                if v.policy.exclude_namespaces else ""), 36),
-                            _cut(", ".join(v.policy.images), 24), _short_profile(v.policy.profile),
+                            _cut(", ".join(v.policy.images), 24), _profile_cell(v.policy),
                             v.policy.deny_severity, v.policy.enforcement, v.policy.on_pending,
-                            v.policy.on_error] for i, v in enumerate(s.policies)], indent=2)
+                            v.policy.on_error, v.policy.on_unsupported]
+                           for i, v in enumerate(s.policies)], indent=2)
         if s.served and not any(v.policy.default for v in s.policies):
             out.append("  Namespaces no policy matches: admitted WITHOUT a scan (no default policy).")
         out.append("")
@@ -207,6 +250,10 @@ def render_text(sets: list[SetView], *, today: dt.date, days: int | None = None,
             out.append(f"  {v.policy.name}")
             for label, text in policy_facts(v):
                 out.append(_wrap(f"{label + ':':<15}{text}", 4, hang=19))
+            if not v.policy.datastream:
+                out.append(f"    {'judges:':<15}" + "\n".join(
+                    (" " * 19 if i else "") + line
+                    for i, line in enumerate(product_lines(v.policy))))
             if v.blind:
                 shown = v.blind if all_rules else v.blind[:10]
                 more = "" if len(shown) == len(v.blind) else f" … and {len(v.blind) - len(shown)} more (--rules)"
@@ -242,11 +289,13 @@ def render_markdown(sets: list[SetView], *, today: dt.date, days: int | None = N
                               "denies on", "enforcement"],
                              [[str(i + 1), v.policy.name, str(v.policy.priority),
                                "yes" if v.policy.default else "", _md(_where(v.policy)),
-                               _short_profile(v.policy.profile), _md(_deny_text(v.policy)),
+                               _profile_cell(v.policy), _md(_deny_text(v.policy)),
                                v.policy.enforcement] for i, v in enumerate(s.policies)]) + [""]
         for v in s.policies:
             out += [f"### {v.policy.name}", ""]
             out += [f"- **{label}**: {_md(text)}" for label, text in policy_facts(v)]
+            if not v.policy.datastream:
+                out += ["- **judges**:"] + [f"  - {_md(line)}" for line in product_lines(v.policy)]
             if v.blind:
                 shown = v.blind if all_rules else v.blind[:10]
                 more = "" if len(shown) == len(v.blind) else f" … and {len(v.blind) - len(shown)} more"

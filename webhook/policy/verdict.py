@@ -8,10 +8,9 @@ and image it was made from.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from dataclasses import dataclass, field
 
-from ..scan.results import ContentSpec, ScanResult, severity_rank
+from ..scan.results import ContentSet, ScanResult, severity_rank
 from .model import Policy, Waiver, short_rule_id
 
 WARNING_LIMIT = 120          # kube-apiserver shows warnings; keep each one short
@@ -34,8 +33,9 @@ class Reason:
 class Verdict:
     """The decision for one image under one policy.
 
-    state: pass | fail | pending | error. allowed already reflects enforcement mode and the
-    pending/error actions; warnings are what a developer should see even when allowed.
+    state: pass | fail | pending | error | unsupported. allowed already reflects enforcement
+    mode and the pending/error/unsupported actions; warnings are what a developer should see
+    even when allowed.
     """
 
     state: str
@@ -78,8 +78,8 @@ def clip(text: str) -> str:
 def evaluate(result: ScanResult, policy: Policy, *, image: str, namespace: str,
              today: dt.date) -> Verdict:
     """Apply thresholds and waivers to a finished scan."""
-    if result.state == "error":
-        return on_state("error", policy, detail=result.error)
+    if result.state in ("error", "unsupported"):
+        return on_state(result.state, policy, detail=result.error)
     reasons, waived, warnings = [], [], []
     for r in result.failed():
         if enforcement_of(r.id, r.severity, policy)[0]:
@@ -114,39 +114,47 @@ def evaluate(result: ScanResult, policy: Policy, *, image: str, namespace: str,
     return Verdict(state=state, allowed=allowed, reasons=kept, waived=waived, warnings=warnings)
 
 
+def action_of(state: str, policy: Policy) -> str:
+    """The policy's named action (deny, allow, warn) for a pending, error or unsupported
+    image."""
+    return {"pending": policy.on_pending, "unsupported": policy.on_unsupported}.get(
+        state, policy.on_error)
+
+
 def on_state(state: str, policy: Policy, *, detail: str) -> Verdict:
-    """The policy's named action for a pending or error state (deny, allow or warn)."""
-    action = policy.on_pending if state == "pending" else policy.on_error
-    allowed = action in ("allow", "warn") or policy.enforcement != "enforce"
+    """The policy's named action for a pending, error or unsupported state."""
+    allowed = action_of(state, policy) in ("allow", "warn") or policy.enforcement != "enforce"
     return Verdict(state=state, allowed=allowed, detail=detail)
 
 
-def trail(policy: Policy, content_spec: ContentSpec | None, digest: str,
-          verdict: Verdict) -> dict:
+def trail(policy: Policy, content: ContentSet | None, digest: str, verdict: Verdict,
+          result: ScanResult | None = None) -> dict:
     """The fields every decision log line carries, so a decision traces back to the exact
     policy file, content and image it was made from."""
-    return {**content_trail(policy, content_spec), **verdict_trail(digest, verdict)}
+    return {**content_trail(policy, content), **verdict_trail(digest, verdict, result)}
 
 
-def content_trail(policy: Policy, content_spec: ContentSpec | None) -> dict:
-    """The policy and content half of the trail: the same for every image a policy judged."""
-    cs = content_spec
+def content_trail(policy: Policy, content: ContentSet | None) -> dict:
+    """The policy half of the trail: the same for every image a policy judged. The content
+    set's sha256 is the content part of every scan key under this policy."""
     return {
         "policy": policy.name, "policy_file": policy.path, "policy_sha256": policy.sha256,
-        "content": os.path.basename(cs.datastream) if cs else os.path.basename(policy.datastream),
-        "content_sha256": cs.datastream_sha256 if cs else "",
-        "profile": cs.profile if cs else policy.profile,
-        "tailoring_sha256": cs.tailoring_sha256 if cs else "",
-        "oval_sha256": list(cs.oval_sha256) if cs else [],
+        "content_set_sha256": content.digest if content else "",
         "enforcement": policy.enforcement,
     }
 
 
-def verdict_trail(digest: str, verdict: Verdict) -> dict:
-    """The image half of the trail."""
-    return {
+def verdict_trail(digest: str, verdict: Verdict, result: ScanResult | None = None) -> dict:
+    """The image half of the trail: what the image was identified as, the datastream and
+    profile that judged it (from its scan result), and the verdict."""
+    out = {
         "digest": digest, "state": verdict.state, "allowed": verdict.allowed,
         "denied_by": [r.id for r in verdict.reasons],
         "waivers": [{"id": r.id, "waiver": w.rule, "ticket": w.ticket, "owner": w.owner,
                      "expires": w.expires.isoformat()} for r, w in verdict.waived],
     }
+    if result is not None:
+        out.update(product=result.product, content=result.tools.get("content", ""),
+                   content_sha256=result.tools.get("content_sha256", ""),
+                   profile=result.profile)
+    return out

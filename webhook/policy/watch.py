@@ -16,6 +16,7 @@ import weakref
 from typing import Callable
 
 from .. import policy as P
+from ..scan import content as content_mod
 
 log = logging.getLogger("scapgate.policy")
 _stores: "weakref.WeakSet[PolicyStore]" = weakref.WeakSet()
@@ -52,10 +53,13 @@ def signature(path: str, extra: tuple[str, ...] = ()) -> tuple:
 def _content_files(pset: P.PolicySet) -> tuple[str, ...]:
     files = set()
     for p in pset.policies:
-        files.add(p.datastream)
-        files.update(f for f in (p.tailoring,) if f)
+        files.update(f for f in (p.datastream, p.tailoring) if f)
         files.update(p.oval)
-    return tuple(files)
+        for product, entry in p.content_products().items():
+            if entry is not None:
+                files.add(entry.datastream or content_mod.datastream_for(product))
+                files.update(f for f in (entry.tailoring,) if f)
+    return tuple(sorted(files))
 
 
 def default_check(pset: P.PolicySet) -> list[str]:

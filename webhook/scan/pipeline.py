@@ -18,14 +18,16 @@ from typing import Callable
 
 from . import oscap
 from .diskcache import OciCache, trim_reports
+from .identify import (OS_RELEASE, Identity, IdentityError, identify, parse_os_release,
+                       read_release_file)
 from .images import ImageRef
 from .registry import Registry, RegistryError, TooLarge
-from .results import ContentSpec, ScanKey, ScanResult, error_result
+from .results import ContentSet, ScanKey, ScanResult, error_result, unsupported_result
 from .rootfs import UnpackError, UnpackLimits
 from .unpack import CorruptBlob, image_config, unpack
 
 log = logging.getLogger("scapgate.pipeline")
-PIPELINE_VERSION = "2"  # 2: image arch given to apt; notselected rules dropped
+PIPELINE_VERSION = "3"  # 3: content chosen per identified product; 2: image arch given to apt
 Progress = Callable[[str, float], None]
 
 
@@ -87,17 +89,18 @@ class Pipeline:
     def scanner_version(self) -> str:
         return f"openscap-{self.oscap_version()}+scapgate-pipeline-{PIPELINE_VERSION}"
 
-    def key(self, digest: str, content: ContentSpec) -> ScanKey:
-        """The scan key of a digest under some content (remembered: asked for every image of
-        every review)."""
+    def key(self, digest: str, content: ContentSet) -> ScanKey:
+        """The scan key of a digest under a policy's content set (remembered: asked for every
+        image of every review). The set's digest covers every product's datastream, profile,
+        tailoring and OVAL files; profile names the profiles, for people reading keys."""
         memo = (digest, content)
         hit = self._keys.get(memo)
         if hit is not None:
             return hit
-        key = ScanKey(digest=digest, content_sha256=content.datastream_sha256,
-                      profile=content.profile, tailoring_sha256=content.tailoring_sha256,
-                      scanner_version=self.scanner_version(),
-                      oval_sha256=",".join(content.oval_sha256))
+        profiles = sorted({s.profile.rsplit("_profile_", 1)[-1] for _, s in content.entries})
+        key = ScanKey(digest=digest, content_sha256=content.digest,
+                      profile=",".join(profiles), tailoring_sha256="",
+                      scanner_version=self.scanner_version())
         if self._oscap_version is not None:      # a key without a known scanner is not kept
             if len(self._keys) >= 10_000:
                 self._keys.clear()
@@ -164,7 +167,7 @@ class Pipeline:
         with self._locks_guard:
             return self._layout_locks.setdefault(name, threading.Lock())
 
-    def scan(self, ref: ImageRef, content: ContentSpec, *, docker_config: dict | None = None,
+    def scan(self, ref: ImageRef, content: ContentSet, *, docker_config: dict | None = None,
              progress: Progress | None = None, key: ScanKey | None = None) -> ScanResult:
         """Scan a digest-pinned image. Failures come back as an error ScanResult (a value),
         so callers store them; only programming errors raise."""
@@ -184,7 +187,7 @@ class Pipeline:
         except CorruptBlob as e:
             self.forget(ref.digest)
             return error_result(key, str(ref), str(e), permanent=False, now=self.clock())
-        except (RegistryError, UnpackError, oscap.ScanError) as e:
+        except (RegistryError, UnpackError, oscap.ScanError, IdentityError) as e:
             permanent = getattr(e, "permanent", isinstance(e, UnpackError))
             return error_result(key, str(ref), str(e), permanent=permanent, now=self.clock())
         except OSError as e:
@@ -211,36 +214,106 @@ class Pipeline:
         stage("unpack", unpack, layout, tag, os.path.join(work, "rootfs"), self.settings.limits)
         return image_arch(layout, tag)
 
-    def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSpec,
+    def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSet,
                  key: ScanKey, timings: dict[str, float], stage, *,
                  arch: str | None = None) -> ScanResult:
-        """Run the content against work/rootfs, unpacking the layout first unless the caller
-        did (arch given)."""
+        """Identify the image in work/rootfs and run its product's content against it,
+        unpacking the layout first unless the caller did (arch given). An image no content
+        judges is an "unsupported" result, never judged with another distribution's content."""
         root = os.path.join(work, "rootfs")
         if arch is None:
             arch = self.unpack(layout, tag, work, stage)
-        arf = stage("evaluate", oscap.xccdf_eval, root, work, content, self.settings.oscap, arch)
+        ident = stage("identify", identify, root)
+        spec = content.for_product(ident.product)
+        if spec is None:
+            return unsupported_result(key, str(ref), unsupported_message(ident, content),
+                                      product=ident.product, identity=ident.to_dict(),
+                                      now=self.clock())
+        if ident.package_db.startswith("dpkg"):
+            stage("prepare", prepare_dpkg, root, ident.package_db)
+        rpm_db = ident.package_db.removeprefix("rpm:") if ident.package_db.startswith("rpm:") \
+            else ""
+        arf = stage("evaluate", oscap.xccdf_eval, root, work, spec, self.settings.oscap, arch,
+                    rpm_db)
         rules, score = stage("parse", oscap.parse_arf, arf)
         ovals = []
-        for definitions in content.oval:
+        for definitions in spec.oval:
             ovals += stage("oval", oscap.oval_eval, root, work, definitions, self.settings.oscap,
-                           arch)
+                           arch, rpm_db)
         osr = os_release(root)
         verdictless = not any(r.result in ("pass", "fail", "fixed") for r in rules)
         if verdictless:
             raise oscap.ScanError(
-                f"content {os.path.basename(content.datastream)} does not apply to this image "
-                f"(ID={osr.get('ID', '?')}, VERSION_ID={osr.get('VERSION_ID', '?')}): "
-                "no rule passed or failed", permanent=True)
+                f"content {os.path.basename(spec.datastream)} does not apply to this image "
+                f"({ident.describe()}): no rule passed or failed", permanent=True)
         reports = os.path.join(self.settings.state_dir, "reports")
         os.makedirs(reports, exist_ok=True)
         arf_path = stage("store", oscap.compress, arf,
                          os.path.join(reports, f"{key.id()}.arf.xml.gz"))
         return ScanResult(key=key, image=str(ref), rules=rules, oval=ovals, os_release=osr,
                           tools={"oscap": self.oscap_version(), "pipeline": PIPELINE_VERSION,
-                                 "content": os.path.basename(content.datastream)},
+                                 "content": os.path.basename(spec.datastream),
+                                 "content_sha256": spec.datastream_sha256},
                           timings=timings, scanned_at=self.clock(), score=score,
-                          arf_path=arf_path)
+                          arf_path=arf_path, product=ident.product, identity=ident.to_dict(),
+                          profile=spec.profile)
+
+
+def unsupported_message(ident: Identity, content: ContentSet) -> str:
+    """What the developer reads: what was found, and why nothing judges it."""
+    if not ident.product:
+        return f"no SCAP content for {ident.describe()}: not judged"
+    return (f"the policy names no SCAP content for {ident.product} ({ident.describe()}; it "
+            f"judges {', '.join(content.products()) or 'nothing'}): not judged")
+
+
+DPKG_TABLES = ("cputable", "ostable", "tupletable")
+HOST_DPKG = "/usr/share/dpkg"
+
+
+def prepare_dpkg(root: str, package_db: str) -> None:
+    """What oscap's dpkginfo probe needs to see a dpkg root's packages at all: a status file
+    (distroless keeps status.d/ instead) and dpkg's architecture tables (images without dpkg,
+    distroless again, have none: the probe fails to start and every package rule passes —
+    measured). Missing tables are copied from the scanner's own dpkg, in the scratch root."""
+    if package_db == "dpkg-status.d":
+        merge_status_d(root)
+    dest = _inside(root, "usr/share/dpkg")
+    if dest is None or (os.path.lexists(dest) and not os.path.isdir(dest)):
+        return
+    os.makedirs(dest, exist_ok=True)
+    for name in DPKG_TABLES:
+        target = os.path.join(dest, name)
+        src = os.path.join(HOST_DPKG, name)
+        if os.path.lexists(target) or not os.path.isfile(src):
+            continue
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as fh:
+            shutil.copyfileobj(fh, out)
+
+
+def merge_status_d(root: str, limit: int = 64 << 20) -> None:
+    """Distroless images keep one dpkg status file per package in var/lib/dpkg/status.d/ and
+    no var/lib/dpkg/status; oscap 1.3.7's dpkginfo probe reads only the latter and would see
+    no package at all (every "package removed" rule passes). Concatenate them, in name order,
+    into var/lib/dpkg/status of the scratch root, as dpkg would read them."""
+    d = _inside(root, "var/lib/dpkg/status.d")
+    status = _inside(root, "var/lib/dpkg/status")
+    if not d or not status or not os.path.isdir(d) or os.path.lexists(status):
+        return
+    parts, total = [], 0
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name)
+        if name.endswith(".md5sums") or os.path.islink(path) or not os.path.isfile(path):
+            continue
+        with open(path, "rb") as fh:
+            data = fh.read(limit - total + 1)
+        total += len(data)
+        if total > limit:
+            raise UnpackError(f"var/lib/dpkg/status.d holds more than {limit} bytes")
+        parts.append(data.strip(b"\n") + b"\n")
+    with open(status, "wb") as fh:
+        fh.write(b"\n".join(parts))
 
 
 def image_arch(layout: str, tag: str) -> str:
@@ -253,21 +326,11 @@ def image_arch(layout: str, tag: str) -> str:
 
 
 def os_release(root: str) -> dict[str, str]:
-    """Parse the image's os-release without following links out of the root."""
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        path = _inside(root, rel)
-        if path and os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    text = fh.read(64 * 1024)
-            except OSError:
-                continue
-            out = {}
-            for line in text.splitlines():
-                k, sep, v = line.partition("=")
-                if sep and k.strip().isidentifier():
-                    out[k.strip()] = v.strip().strip('"\'')
-            return out
+    """The image's os-release, read without following links out of the root."""
+    for rel in OS_RELEASE:
+        text = read_release_file(root, rel)
+        if text is not None:
+            return parse_os_release(text)
     return {}
 
 

@@ -181,6 +181,37 @@ class Registry:
         For an image index the platform manifest is picked; for a plain manifest both are equal.
         A reference that carries a digest is verified against the bytes the registry returns.
         """
+        doc, top = self._top(ref, docker_config)
+        if doc is None:
+            return top, top
+        return pick_platform(doc, platform or self.settings.platform, ref), top
+
+    def resolve_all(self, ref: ImageRef, platforms: tuple[str, ...], *,
+                    docker_config: dict | None = None) -> tuple[tuple[tuple[str, str], ...], str]:
+        """((platform, manifest digest) for each listed platform the image offers, top digest).
+        A plain manifest is its own only platform (""); an index offering none of the listed
+        platforms is PlatformMissing naming what it offers."""
+        doc, top = self._top(ref, docker_config)
+        if doc is None:
+            return (("", top),), top
+        found: dict[str, str] = {}
+        for platform in platforms:
+            try:
+                digest = pick_platform(doc, platform, ref)
+            except PlatformMissing:
+                continue
+            if digest not in found.values():
+                found[platform] = digest
+        if not found:
+            offers = [_platform_name(m) for m in doc.get("manifests", [])]
+            raise PlatformMissing(f"image {ref} offers none of the platforms the nodes run "
+                                  f"({', '.join(platforms)}); it has: "
+                                  f"{', '.join(offers) or 'none'}")
+        return tuple(found.items()), top
+
+    def _top(self, ref: ImageRef, docker_config: dict | None) -> tuple[dict | None, str]:
+        """(the index document, or None for a plain manifest; the digest of what the
+        reference names), verified against a digest the reference carries."""
         raw = self.raw_manifest(ref, docker_config=docker_config)
         top = "sha256:" + hashlib.sha256(raw).hexdigest()
         if ref.digest and ref.digest != top:
@@ -195,9 +226,7 @@ class Registry:
             if len(self._manifests) >= 256:
                 self._manifests.clear()
             self._manifests[_manifest_key(ref, top, docker_config)] = raw
-        if media not in MANIFEST_LIST_TYPES:
-            return top, top
-        return pick_platform(doc, platform or self.settings.platform, ref), top
+        return (doc if media in MANIFEST_LIST_TYPES else None), top
 
     def copy(self, ref: ImageRef, layout: str, tag: str, blob_dir: str, *,
              docker_config: dict | None = None, max_blob_bytes: int | None = None) -> None:
@@ -220,6 +249,12 @@ def _manifest_key(ref: ImageRef, digest: str, docker_config: dict | None) -> tup
     fingerprint = (hashlib.sha256(json.dumps(docker_config, sort_keys=True).encode()).hexdigest()
                    if docker_config else "")
     return ref.registry, ref.repository, digest, fingerprint
+
+
+def _platform_name(m: dict) -> str:
+    p = m.get("platform") if isinstance(m.get("platform"), dict) else {}
+    have = [p.get("os", ""), p.get("architecture", "")] + ([p["variant"]] if p.get("variant") else [])
+    return "/".join(str(x) for x in have)
 
 
 def pick_platform(index: dict, platform: str, ref: ImageRef) -> str:

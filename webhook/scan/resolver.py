@@ -29,11 +29,14 @@ class ResolveTimeout(Unreachable):
 
 @dataclass(frozen=True)
 class Resolution:
-    """digest: the platform manifest that is scanned; top: what the reference names."""
+    """digest: the platform manifest that is scanned; top: what the reference names;
+    digests: (platform, manifest digest) for every listed platform the image offers (a plain
+    manifest: one, platform "")."""
 
     digest: str
     top: str
     cached: bool = False
+    digests: tuple[tuple[str, str], ...] = ()
 
 
 class Resolver:
@@ -41,9 +44,11 @@ class Resolver:
 
     def __init__(self, registry: Registry, *, ttl_s: float = 30.0, pinned_ttl_s: float = 86_400.0,
                  size: int = 10_000, platform: str | None = None, workers: int = 8,
+                 platforms: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.monotonic):
         self.registry = registry
         self.platform = platform
+        self.platforms = tuple(platforms) or ((platform,) if platform else ())
         self._tags = _Answers(size, ttl_s, clock)
         self._pinned = _Answers(size, pinned_ttl_s, clock)
         self._clock = clock
@@ -51,9 +56,12 @@ class Resolver:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resolve")
 
-    def start(self, ref: ImageRef, docker_config: dict | None = None) -> Future:
-        """A future Resolution; already done on a cache hit. Errors come out of .result()."""
-        key = (str(ref), self.platform, _fingerprint(docker_config))
+    def start(self, ref: ImageRef, docker_config: dict | None = None,
+              platforms: tuple[str, ...] | None = None) -> Future:
+        """A future Resolution (for `platforms`, else the resolver's); already done on a cache
+        hit. Errors come out of .result()."""
+        platforms = tuple(platforms) if platforms else self.platforms
+        key = (str(ref), platforms, _fingerprint(docker_config))
         cache = self._pinned if ref.digest else self._tags
         with self._lock:
             hit = cache.get(key)
@@ -63,11 +71,12 @@ class Resolver:
                     # Past half its life: ask again in the background, so a busy tag never
                     # expires under a request (a registry round trip in the p99).
                     self._inflight[key] = self._pool.submit(self._ask, key, cache, ref,
-                                                            docker_config)
+                                                            docker_config, platforms)
                 return done
             pending = self._inflight.get(key)
             if pending is None:
-                pending = self._pool.submit(self._ask, key, cache, ref, docker_config)
+                pending = self._pool.submit(self._ask, key, cache, ref, docker_config,
+                                            platforms)
                 self._inflight[key] = pending
             return pending
 
@@ -78,15 +87,21 @@ class Resolver:
         return wait(future, ref, timeout_s)
 
     def _ask(self, key: tuple, cache: "_Answers", ref: ImageRef,
-             docker_config: dict | None) -> Resolution:
+             docker_config: dict | None, platforms: tuple[str, ...] = ()) -> Resolution:
         try:
-            digest, top = self.registry.resolve(ref, docker_config=docker_config,
-                                                platform=self.platform)
+            if len(platforms) > 1:
+                digests, top = self.registry.resolve_all(ref, platforms,
+                                                         docker_config=docker_config)
+            else:
+                platform = platforms[0] if platforms else None
+                digest, top = self.registry.resolve(ref, docker_config=docker_config,
+                                                    platform=platform)
+                digests = ((platform or "", digest),)
             done: Future = Future()
-            done.set_result(Resolution(digest, top, cached=True))
+            done.set_result(Resolution(digests[0][1], top, cached=True, digests=digests))
             with self._lock:
                 cache.put(key, (done, self._clock()))
-            return Resolution(digest, top)
+            return Resolution(digests[0][1], top, digests=digests)
         finally:
             with self._lock:
                 self._inflight.pop(key, None)

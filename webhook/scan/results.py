@@ -6,6 +6,7 @@ build values by hand. Everything round-trips through JSON for the shared store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -34,6 +35,48 @@ class ContentSpec:
     tailoring_sha256: str = ""
     oval: tuple[str, ...] = ()
     oval_sha256: tuple[str, ...] = ()
+
+
+ANY_PRODUCT = "*"     # a ContentSet entry for whatever product the image is (legacy policies)
+
+
+@dataclass(frozen=True)
+class ContentSet:
+    """The content a policy judges images with, per SSG product (debian12, rhel9, …): the scan
+    identifies the image and evaluates the entry for its product. An image whose product has
+    no entry is "unsupported", never judged with another distribution's content. Entries are
+    sorted, so equal sets hash alike."""
+
+    entries: tuple[tuple[str, ContentSpec], ...]
+
+    @classmethod
+    def of(cls, mapping: dict[str, ContentSpec]) -> "ContentSet":
+        return cls(tuple(sorted(mapping.items())))
+
+    def for_product(self, product: str) -> ContentSpec | None:
+        """The entry for this product, else the any-product entry; None for an image no
+        product was identified for."""
+        if not product:
+            return None
+        d = dict(self.entries)
+        return d.get(product) or d.get(ANY_PRODUCT)
+
+    def products(self) -> list[str]:
+        return [name for name, _ in self.entries]
+
+    @functools.cached_property
+    def digest(self) -> str:
+        return self.sha256()
+
+    def __hash__(self) -> int:           # a key of per-process memos: hashed once per object
+        return hash(self.digest)
+
+    def sha256(self) -> str:
+        """One digest of every entry's product, datastream, profile, tailoring and OVAL files:
+        the content part of the scan key."""
+        raw = "\n".join(f"{n}|{s.datastream_sha256}|{s.profile}|{s.tailoring_sha256}|"
+                        f"{','.join(s.oval_sha256)}" for n, s in self.entries)
+        return hashlib.sha256(raw.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +124,11 @@ class OvalResult:
 class ScanResult:
     """Everything a verdict needs, computed once per ScanKey and kept in the store.
 
-    state is "done" (rules evaluated) or "error" (the scan itself failed: error says why,
-    permanent says whether a retry could help).
+    state is "done" (rules evaluated), "error" (the scan itself failed: error says why,
+    permanent says whether a retry could help) or "unsupported" (no SCAP content exists for the
+    image's distribution, or the policy names none for it: error says what was found).
+    product is the SSG product the image was identified as ("" when none), identity what the
+    identification read, profile the profile evaluated.
     """
 
     key: ScanKey
@@ -98,6 +144,9 @@ class ScanResult:
     permanent: bool = False
     score: float | None = None
     arf_path: str = ""
+    product: str = ""
+    identity: dict = field(default_factory=dict)
+    profile: str = ""
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -126,7 +175,9 @@ class ScanResult:
             tools=_shared(self.tools),
             timings={"total": round(sum(self.timings.values()), 3)} if self.timings else {},
             scanned_at=self.scanned_at, error=self.error, permanent=self.permanent,
-            score=self.score, arf_path=self.arf_path)
+            score=self.score, arf_path=self.arf_path, product=_i(self.product),
+            identity=_shared({n: v for n, v in self.identity.items() if n in _ID_KEEP}),
+            profile=_i(self.profile))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -138,10 +189,12 @@ class ScanResult:
         d["rules"] = [RuleResult(**r) for r in d.get("rules", [])]
         d["oval"] = [OvalResult(**{**o, "references": tuple(o.get("references", ()))})
                      for o in d.get("oval", [])]
-        return cls(**d)
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})   # a newer worker's fields
 
 
 _OS_KEEP = frozenset({"ID", "VERSION_ID"})
+_ID_KEEP = frozenset({"distro", "version", "pretty"})
 _SHARED: dict = {}
 
 
@@ -161,3 +214,11 @@ def error_result(key: ScanKey, image: str, message: str, *, permanent: bool, now
     """A failed scan is stored as a value so waiting admissions learn why, at once."""
     return ScanResult(key=key, image=image, state="error", error=message,
                       permanent=permanent, scanned_at=now)
+
+
+def unsupported_result(key: ScanKey, image: str, message: str, *, product: str,
+                       identity: dict, now: float) -> ScanResult:
+    """No content judges this image: final (the image's bytes never change), with what was
+    found, so the policy's `unsupported` action decides and the developer reads why."""
+    return ScanResult(key=key, image=image, state="unsupported", error=message, permanent=True,
+                      scanned_at=now, product=product, identity=identity)

@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
     service = service or scans.build_service(settings, pipeline)
     resolver = resolver or Resolver(registry, ttl_s=settings.resolve_ttl_s,
                                     pinned_ttl_s=settings.pinned_ttl_s,
-                                    size=settings.resolve_cache_size, platform=settings.platform)
+                                    size=settings.resolve_cache_size, platform=settings.platform,
+                                    platforms=settings.platforms)
     source, status = _policy_source(policies, settings)
     deps = Deps(
         policies=source, service=service, resolver=resolver, key_for=pipeline.key,

@@ -120,11 +120,11 @@ def _image(c) -> dict:
     found; the policy and content it was judged by are under "policies", by name."""
     from ..policy.verdict import verdict_trail
     out = {"paths": [x.path for x in c.containers[:16]], "image": _cut(c.image),
-           "digest": c.digest, "policy": c.policy.name,
+           "digest": c.digest, "platform": c.platform, "policy": c.policy.name,
            "cache": c.cache, "resolve": c.resolve,
            "scanned_at": c.result.scanned_at if c.result else None}
     if c.verdict:
-        out.update(verdict_trail(c.digest, c.verdict))
+        out.update(verdict_trail(c.digest, c.verdict, c.result))
         out["reasons"] = [f"{r.severity} {r.id}" for r in c.verdict.reasons]
         if c.verdict.detail:
             out["detail"] = c.verdict.detail

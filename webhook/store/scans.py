@@ -23,7 +23,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from ..scan.results import ContentSpec, ScanKey, ScanResult
+from ..scan.results import ContentSet, ContentSpec, ScanKey, ScanResult
 from .backends import open_store
 from .base import EXISTS, FULL, QUEUED, SCANS_STARTED, Store, StoreUnavailable
 from .metrics import CACHE_LOOKUPS, QUEUE_DEPTH, child
@@ -42,7 +42,7 @@ class Job:
 
     key: ScanKey
     image: str
-    content: ContentSpec
+    content: ContentSet           # the worker identifies the image and runs its product's entry
     submitted_at: float = field(default_factory=time.time)
     docker_config: dict | None = field(default=None, repr=False)
 
@@ -52,11 +52,16 @@ class Job:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Job":
         d: dict[str, Any] = json.loads(text)
-        c = _known(ContentSpec, d["content"])     # tolerate fields from a newer webhook
-        content = ContentSpec(**{**c, "oval": tuple(c.get("oval", ())),
-                                 "oval_sha256": tuple(c.get("oval_sha256", ()))})
+        content = ContentSet(tuple((name, _spec(c)) for name, c in
+                                   (d.get("content") or {}).get("entries", ())))
         return cls(key=ScanKey(**_known(ScanKey, d["key"])), image=d["image"], content=content,
                    submitted_at=d.get("submitted_at", 0.0), docker_config=d.get("docker_config"))
+
+
+def _spec(c: dict) -> ContentSpec:
+    c = _known(ContentSpec, c)     # tolerate fields from a newer webhook
+    return ContentSpec(**{**c, "oval": tuple(c.get("oval", ())),
+                          "oval_sha256": tuple(c.get("oval_sha256", ()))})
 
 
 def _known(cls, d: dict) -> dict:

@@ -92,6 +92,8 @@ true
   value: /scratch
 - name: SCAPGATE_PLATFORM
   value: {{ $c.platform | quote }}
+- name: SCAPGATE_PLATFORMS
+  value: {{ join "," ($c.platforms | default (list $c.platform)) | quote }}
 - name: SCAPGATE_INSECURE_REGISTRIES
   value: {{ join "," $c.insecureRegistries | quote }}
 - name: SCAPGATE_LOG_LEVEL
