@@ -170,6 +170,36 @@ def test_explain_scan_error_uses_error_action(policies, tmp_path, capsys):
     assert rc == 1 and "Scan error: oscap died" in out and "verdict: DENY (state error" in out
 
 
+def test_explain_says_what_was_detected_and_which_content_judged_it(policies, tmp_path,
+                                                                   capsys):
+    res = result(("file_owner_etc_passwd", "medium", "pass"))
+    res.identity = {"distro": "debian", "version": "12", "package_db": "dpkg",
+                    "pretty": "Debian GNU/Linux 12 (bookworm)",
+                    "evidence": [["etc/os-release", "ID=debian\nVERSION_ID=\"12\""],
+                                 ["var/lib/dpkg/status", "package database"]]}
+    rc, out = explain(capsys, "debian:12", "--namespace", "web", "--policy", str(policies),
+                      "--result", _result_file(tmp_path, res))
+    assert rc == 0
+    assert ("Detected: Debian GNU/Linux 12 (bookworm) (package database: dpkg) → debian12"
+            in out)
+    assert "  etc/os-release: ID=debian" in out and "  var/lib/dpkg/status: package database" in out
+    assert "Judged with ssg-debian12-ds.xml, profile standard" in out
+
+
+def test_explain_an_unsupported_image_names_the_action(policies, tmp_path, capsys):
+    res = result(state="unsupported",
+                 error="no SCAP content for alpine 3.20.3 (ID=alpine VERSION_ID=3.20.3): "
+                       "not judged")
+    res.product, res.identity = "", {"distro": "alpine", "version": "3.20.3", "evidence": [],
+                                     "reason": "no SCAP content exists for Alpine Linux"}
+    rc, out = explain(capsys, "alpine:3.20", "--namespace", "web", "--policy", str(policies),
+                      "--result", _result_file(tmp_path, res))
+    assert "→ no SCAP product" in out and "Why unsupported: no SCAP content exists for Alpine" in out
+    assert "Not judged: no SCAP content for alpine 3.20.3" in out
+    assert "The policy's action for unsupported images is 'deny'." in out
+    assert rc == 1 and "verdict: DENY (state unsupported" in out
+
+
 def test_explain_bad_reference(policies, capsys):
     rc, _out = explain(capsys, "Not A Ref", "--namespace", "web", "--policy", str(policies))
     assert rc == 2
