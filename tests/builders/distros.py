@@ -10,7 +10,7 @@ The verdicts below were measured that way; each constant says how. Other tests c
 scapgate's verdicts to them.
 
 Copied from imagebuild because they are private there (kept minimal): ``_sh`` (run a shell
-recipe) and ``_unmount_below`` (lazy-unmount what an interrupted debootstrap left mounted).
+recipe).
 """
 from __future__ import annotations
 
@@ -232,7 +232,7 @@ def _cached(recipe: dict, tag: str, build: Callable[[Path, Path], str], *,
                 digest = build(staging, work)
                 _publish(staging, final, recipe, tag, digest, time.monotonic() - start)
             finally:
-                _unmount_below(work)
+                ib.unmount_below(work)
                 shutil.rmtree(work, ignore_errors=True)
             meta = _read_meta(final)
     return final, meta
@@ -846,7 +846,7 @@ def _build_suite(suite: str, kinds: list[str], recipes: dict, paths: dict, image
                      shared + time.monotonic() - t0)
             shutil.rmtree(root, ignore_errors=True)
     finally:
-        _unmount_below(work)
+        ib.unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -856,15 +856,6 @@ def _sh(script: str, *args) -> None:
                           capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         raise RuntimeError(f"image script failed rc={proc.returncode}: {proc.stderr[-3000:]}")
-
-
-def _unmount_below(path: Path) -> None:
-    """Copied from imagebuild._unmount_below (private there)."""
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as fh:
-        points = [line.split()[1] for line in fh if line.split()[1].startswith(prefix)]
-    for point in sorted(points, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 # --------------------------------------------------------------------------- multi-arch

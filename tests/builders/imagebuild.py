@@ -866,7 +866,7 @@ def _build_debian(kinds: list[str], paths: dict[str, Path], images: Path) -> Non
             _sh(FINISH_SCRIPT, root)
             _publish(kind, layer_from_dir(root, compresslevel=1), paths[kind], work)
     finally:
-        _unmount_below(work)
+        unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -898,7 +898,7 @@ def _publish(kind: str, layer: Layer, final: Path, work: Path) -> None:
     os.rename(staging, final)
 
 
-def _unmount_below(path: Path) -> None:
+def unmount_below(path: Path) -> None:
     """Lazy-unmount anything an interrupted debootstrap left mounted (proc, sys) before rmtree."""
     prefix = str(path.resolve()) + "/"
     with open("/proc/self/mounts") as fh:
@@ -1017,7 +1017,7 @@ def _build_large(good: CachedImage, recipe: dict, final: Path, images: Path) -> 
             shutil.rmtree(final)
         os.rename(staging, final)
     finally:
-        _unmount_below(work)
+        unmount_below(work)
         shutil.rmtree(work, ignore_errors=True)
 
 def main(argv: Sequence[str] | None = None) -> int:
