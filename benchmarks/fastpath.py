@@ -19,9 +19,10 @@ KYVERNO_P95_MS, KYVERNO_P99_MS = 103.0, 182.0
 # The last commit before the work being measured, served beside today's in section 1e for the
 # before/after figures: dd6c7dc is the flat webhook/ before the one-package-per-stage layout
 # (issue 12); 877b0a7 was the code before issue 8's fast path. SCAPGATE_BENCH_BEFORE overrides.
-BEFORE_COMMIT = os.environ.get("SCAPGATE_BENCH_BEFORE", "dd6c7dc")
-BEFORE_WHAT = ("the flat webhook/ package before the one-package-per-stage layout"
-               if BEFORE_COMMIT == "dd6c7dc" else "the commit before the work being measured")
+# It reads today's store, so it is only comparable while the scan key is the same: the key
+# changed with per-product content (288ff0f), so by default no `before` runs now.
+BEFORE_COMMIT = os.environ.get("SCAPGATE_BENCH_BEFORE", "")
+BEFORE_WHAT = "the commit before the work being measured"
 
 
 @dataclass
@@ -202,12 +203,16 @@ def _experiments(srv, ctx, plan) -> dict:
             app, cwd = "benchmarks.variant_app:create_app()", None
             config = "python:webhook.serve.gunicorn_conf"
             if variant == "before":
+                if not BEFORE_COMMIT:
+                    log("SCAPGATE_BENCH_BEFORE is not set: the 'before' variant is skipped")
+                    continue
                 tree = _before_tree(ctx.work / "before")
                 if tree is None:
                     log(f"no git history: the 'before' variant ({BEFORE_COMMIT}) is skipped")
                     continue
                 # its own webhook package and gunicorn config come first on the path
                 env["PYTHONPATH"], app, cwd = str(tree), "webhook:create_app()", tree
+                env["SCAPGATE_POLICY"] = str(tree / "policies")   # in the format it reads
                 config = "python:webhook.gunicorn_conf"     # that tree's flat layout
             vs = servers.start_gunicorn_app(name, app, ctx.work / "variants", ctx.certs,
                                             env=env, cwd=cwd, config=config)
@@ -233,9 +238,10 @@ def _experiments(srv, ctx, plan) -> dict:
                 log(f"variant {variant}: {r['rps']:.0f} req/s, {cpu:.2f} CPU ms/review")
         # p50/p99 at half the control's capacity: loaded, but no variant is overloaded
         rate = 0.5 * median(out["control"]["rps"])
+        paced = [v for v in plan.paced_variants if v in started]
         for rnd in range(plan.paced_exp_rounds):
-            k = rnd % len(plan.paced_variants)
-            for variant in plan.paced_variants[k:] + plan.paced_variants[:k]:
+            k = rnd % len(paced)
+            for variant in paced[k:] + paced[:k]:
                 vs = started[variant]
                 r = loadgen.paced(vs.port, ctx.body_paths["pod5"], rate=rate,
                                   seconds=plan.exp_paced_s, connections=plan.paced_conns, ca=vs.ca)
@@ -364,12 +370,15 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
         p.intro = "py-spy is not installed (requirements-dev.txt): no profile."
     secs.append(p)
 
-    e = Section("1e. Before and after, and what is left: the same store served by the code "
-                f"before this work ({BEFORE_COMMIT}) and by variants of today's",
+    before = (f"`before` is the code of commit {BEFORE_COMMIT} (git archive: its own webhook "
+              "package, gunicorn config and policies) reading the same store; " if BEFORE_COMMIT
+              else "no `before` ran (SCAPGATE_BENCH_BEFORE names a commit whose scan keys "
+                   "today's store holds); ")
+    e = Section("1e. What is left: the same store served by variants of today's code"
+                + (f" and by the code before this work ({BEFORE_COMMIT})" if BEFORE_COMMIT
+                   else ""),
                 intro=("`control` is today's scapgate (create_app() under today's gunicorn "
-                       f"config); `before` is the code of commit {BEFORE_COMMIT} (git archive: "
-                       "its own webhook package and gunicorn config) reading "
-                       "the same store; the other variants are today's app with one function "
+                       "config); " + before + "the other variants are today's app with one function "
                        "replaced at its seam (benchmarks/variant_app.py). wrk "
                        f"-c{plan.sat_conns}, 5-container pod, {plan.exp_rounds} × "
                        f"{plan.exp_s:g} s, rotating order; ratios against `control`, measured "
@@ -391,8 +400,9 @@ def _sections(sat, paced, c50, prof, exp, ctx, plan, sizes) -> list[Section]:  #
                        " / ".join(f(x, 2) for x in d["cpu"]), f(m, 0),
                        fr(ratio(m, ctl)), f(p50, 2) if d["paced"] else "",
                        f(p99, 2) if d["paced"] else "", fr(ratio(p99, ctl99)) if d["paced"] else ""])
-    e.notes.append(f"Variants: before = the code of {BEFORE_COMMIT} ({BEFORE_WHAT}); "
-                   "nomemo = today's code without that decision memo (every review decided "
+    e.notes.append((f"Variants: before = the code of {BEFORE_COMMIT} ({BEFORE_WHAT}); "
+                    if BEFORE_COMMIT else "Variants: ") +
+                   "nomemo = today's code without the decision memo (every review decided "
                    "afresh, as when every pod differs: the load here repeats one pod); nolog = "
                    "no decision log line and nometrics = no Prometheus counting (upper bounds "
                    "of what each still costs). "
