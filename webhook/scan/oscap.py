@@ -101,9 +101,12 @@ def rpm_home(work: str, rpm_db: str) -> str:
     return home
 
 
-def _env(root: str, apt_conf: str, home: str) -> dict[str, str]:
+def _env(root: str, work: str, arch: str, rpm_db: str) -> dict[str, str]:
+    """The environment every oscap run gets: the prepared root, the isolated APT config and
+    the HOME whose .rpmmacros names the image's RPM database."""
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
-    env.update(OSCAP_PROBE_ROOT=root, APT_CONFIG=apt_conf, HOME=home)
+    env.update(OSCAP_PROBE_ROOT=root, APT_CONFIG=prepare_root(root, work, arch),
+               HOME=rpm_home(work, rpm_db))
     return env
 
 
@@ -152,8 +155,7 @@ def failure(what: str, proc: subprocess.CompletedProcess) -> ScanError:
 def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettings,
                arch: str = "", rpm_db: str = "") -> str:
     """Evaluate the profile; returns the ARF path. Exit 0 = no fail, 2 = some fail, else error."""
-    apt_conf = prepare_root(root, work, arch)
-    home = rpm_home(work, rpm_db)
+    env = _env(root, work, arch, rpm_db)
     arf = os.path.join(work, "results-arf.xml")
     cmd = ["oscap", "xccdf", "eval", "--skip-valid", "--profile", content.profile,
            "--results-arf", arf]
@@ -162,7 +164,7 @@ def xccdf_eval(root: str, work: str, content: ContentSpec, settings: OscapSettin
     if settings.local_files:
         cmd += ["--local-files", settings.local_files]
     cmd.append(content.datastream)
-    proc = _run(cmd, _env(root, apt_conf, home), settings.timeout_s, "oscap xccdf eval", work)
+    proc = _run(cmd, env, settings.timeout_s, "oscap xccdf eval", work)
     if proc.returncode not in (0, 2) or not os.path.exists(arf):
         raise failure("oscap xccdf eval", proc)
     return arf
@@ -196,11 +198,10 @@ def oval_eval(root: str, work: str, definitions: str, settings: OscapSettings,
               arch: str = "", rpm_db: str = "") -> list[OvalResult]:
     """Evaluate an OVAL definitions file (a CVE feed); oscap exits 0 whatever the results, so
     the verdict is read from definition/@result in the results file."""
-    apt_conf = prepare_root(root, work, arch)
-    home = rpm_home(work, rpm_db)
+    env = _env(root, work, arch, rpm_db)
     results = os.path.join(work, f"oval-{os.path.basename(definitions)}.results.xml")
     cmd = ["oscap", "oval", "eval", "--skip-valid", "--results", results, definitions]
-    proc = _run(cmd, _env(root, apt_conf, home), settings.timeout_s, "oscap oval eval", work)
+    proc = _run(cmd, env, settings.timeout_s, "oscap oval eval", work)
     if proc.returncode != 0 or not os.path.exists(results):
         raise failure(f"oscap oval eval of {os.path.basename(definitions)}", proc)
     return parse_oval(results)
