@@ -15,6 +15,7 @@ import threading
 
 from .config import Settings
 from .scan import content as content_mod
+from .scan.results import worst_first
 
 EXIT_ALLOW, EXIT_DENY, EXIT_ERROR = 0, 1, 2
 
@@ -27,13 +28,19 @@ def cmd_scan(args) -> int:
     from . import policy as policy_mod
     from .scan import engine, images
     from .scan.registry import RegistryError
+    from .scan.cve import FeedError
     settings = Settings.from_env(state_dir=args.state_dir, platform=args.platform)
+    feeds_tmp = None
     try:
         pset = policy_mod.load_set(args.policy or settings.policy)
         pol = pset.select(args.namespace) or (pset.policies[0] if pset.policies else None)
         if pol is None:
             raise policy_mod.PolicyError("no policy")
         pipeline = engine.build_pipeline(settings)
+        if args.cve_feed:
+            feeds_tmp = tempfile.TemporaryDirectory(prefix="scapgate-feeds-")
+            pipeline.feeds = _load_feeds(args.cve_feed, feeds_tmp.name, settings)
+            pipeline.settings.cves = True
         # Asked while the registry is: the content's sha256 and `oscap --version` (a process
         # start) are needed only once the image is fetched. Errors surface on the main path.
         threading.Thread(target=_warm, args=(pol, pipeline), daemon=True).start()
@@ -47,21 +54,29 @@ def cmd_scan(args) -> int:
                                         platform=args.platform, docker_config=docker_config,
                                         progress=_progress)
     except (images.ReferenceError, RegistryError, content_mod.ContentError,
-            policy_mod.PolicyError) as e:
+            policy_mod.PolicyError, FeedError) as e:
         if args.json:
             print(json.dumps({"image": args.image, "state": "error", "error": str(e)}))
         print(f"scapgate: cannot scan {args.image}: {e}", file=sys.stderr)
+        if feeds_tmp:
+            feeds_tmp.cleanup()
         return EXIT_ERROR
     res = outcome.result
     name = str(outcome.ref) if outcome.ref.registry != images.DAEMON else outcome.ref.repository
+    kept = pipeline.feeds.current_for(res.product) if res.product else None
+    if feeds_tmp:
+        feeds_tmp.cleanup()
     v = policy_mod.evaluate(res, pol, image=name, namespace=args.namespace,
-                            today=dt.date.today())
+                            today=dt.date.today(),
+                            feed_age_s=kept.age_s() if kept is not None else None)
     if args.report and res.state == "done":
         _write_report(res.arf_path, args.report)
     if args.json:
         print(json.dumps({"image": str(outcome.ref), "digest": outcome.digest, "policy": pol.name,
                           "product": res.product, "identity": res.identity,
                           "profile": res.profile or pol.profile, "verdict": _verdict_json(v),
+                          "cves": [f.to_dict() for f in worst_first(res.cves)],
+                          "cve_feed": res.feed,
                           "result": dataclasses.asdict(res)}, indent=1, default=str))
     else:
         print(summary(outcome, v, pol))
@@ -72,6 +87,24 @@ def cmd_scan(args) -> int:
         print(f"scapgate: {args.image}: {res.error}", file=sys.stderr)
         return EXIT_ALLOW if v.allowed else EXIT_DENY
     return EXIT_ALLOW if v.state == "pass" else EXIT_DENY
+
+
+def _load_feeds(specs: list[str], where: str, settings):
+    """`--cve-feed [PRODUCT=]FILE|URL`: each feed fetched and indexed into a scratch feed
+    store; one without a product judges whatever product the image is."""
+    from .scan.cve import FeedError
+    from .scan.feeds import ANY, FeedStore
+    store = FeedStore(where, max_bytes=settings.cve_feed_max_bytes,
+                      timeout_s=settings.cve_fetch_timeout_s)
+    for spec in specs:
+        product, sep, src = spec.partition("=")
+        if not sep or "/" in product or ":" in product:
+            product, src = ANY, spec
+        res = store.update(product, src, force=True)
+        if res.outcome == "failed":
+            raise FeedError(f"CVE feed {src}: {res.detail}")
+        _progress(f"feed {product}", res.seconds)
+    return store
 
 
 def _warm(pol, pipeline) -> None:
@@ -138,6 +171,7 @@ def summary(outcome, v, pol, limit: int = 20) -> str:
             lines.append(f"  {r.severity:<7} {short}  {r.title}")
         if len(failed) > limit:
             lines.append(f"  … and {len(failed) - limit} more (--json for all)")
+    lines += cve_lines(res, pol, limit)
     found = [o for o in res.oval if o.result == "true"]
     if found:
         lines.append("OVAL definitions found true (the weakness is present):")
@@ -153,6 +187,35 @@ def summary(outcome, v, pol, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+def cve_lines(res, pol, limit: int = 20) -> list[str]:
+    """The CVE part of the summary: the feed judged with, the CVEs worst first, whether each
+    denies, and what could not be evaluated."""
+    from .policy.verdict import cve_enforced
+    feed = res.feed or {}
+    if not feed:
+        return []
+    if feed.get("error"):
+        return [f"cves:    not judged — {feed['error']}"]
+    when = dt.datetime.fromtimestamp(feed.get("as_of", 0), dt.timezone.utc)
+    out = [f"cves:    {len(res.cves)} found with the {feed.get('feed')} feed "
+           f"({feed.get('definitions', 0)} definitions, {feed.get('evaluated', 0)} evaluated "
+           f"for this image; as of {when:%Y-%m-%d %H:%M} UTC, sha256 "
+           f"{feed.get('sha256', '')[:12]})"]
+    if feed.get("note"):
+        out.append(f"         {feed['note']}")
+    for f in worst_first(res.cves)[:limit]:
+        word = ("DENY" if pol.cves is not None and cve_enforced(f, pol.cves)[0]
+                else "report")
+        out.append(f"  {word:<7}{f.line()}")
+    if len(res.cves) > limit:
+        out.append(f"  … and {len(res.cves) - limit} more (--json for all)")
+    for kind, n in sorted((feed.get("unevaluated") or {}).items()):
+        why = {"kernel": "the running kernel decides: the node's, not the image's"}.get(
+            kind, "oscap could not decide them offline")
+        out.append(f"         {n} {kind} definitions not evaluated ({why})")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scapgate", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -166,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", default=None)
     s.add_argument("--json", action="store_true", help="print result and verdict as JSON")
     s.add_argument("--report", help="write the HTML report to this file")
+    s.add_argument("--cve-feed", action="append", default=[], metavar="[PRODUCT=]FILE|URL",
+                   help="evaluate this OVAL CVE feed (bz2/xz/plain; repeatable) instead of "
+                        "the feeds kept in the state dir")
     s.set_defaults(fn=cmd_scan)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -173,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Each module adds its own subcommands through `register(subparsers)`.
-COMMAND_MODULES: list[str] = ["webhook.serve.server", "webhook.store.worker", "webhook.policy.cli"]
+COMMAND_MODULES: list[str] = ["webhook.serve.server", "webhook.store.worker", "webhook.policy.cli",
+                               "webhook.store.cves"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,14 @@ class Settings:
     decision_memo_s: float = 1.0        # a pass/fail is reused for identical requests (replicas)
     margin_s: float = 1.5               # kept back from the apiserver's ?timeout= for the answer
     local_files: str = ""               # --local-files for remote OVAL feeds (offline)
+    cve_feeds: tuple = ()               # product=URL-or-path overriding the vendors' feeds;
+                                        # "off" = no CVE feeds; "product=off" = not that one
+    cve_refresh_s: float = 21_600.0     # how often a feed is asked for (conditionally)
+    cve_feed_max_bytes: int = 1 << 30   # a feed larger than this (compressed or not) is refused
+    cve_fetch_timeout_s: float = 300.0  # one feed download
+    cve_rejudge_poll_s: float = 30.0    # how often workers look for images the current feed
+                                        # has not judged yet
+    packages_bytes: int = 1 << 30       # package databases kept per image for re-judging
     # -- admission webhook (scapgate serve) --
     bind: str = "127.0.0.1:8443"        # host:port; in a cluster 0.0.0.0:8443 behind the Service
     tls_cert: str = ""                  # PEM serving certificate (reloaded when the file changes)

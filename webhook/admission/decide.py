@@ -19,7 +19,7 @@ from ..scan import images as images_mod
 from ..scan.content import ContentError
 from ..scan.registry import RegistryError
 from ..scan.resolver import wait as wait_resolution
-from ..scan.results import ContentSet, ScanResult
+from ..scan.results import ContentSet, ScanResult, cve_key
 from ..store.base import FULL
 from ..store.scans import Job
 from . import response
@@ -74,13 +74,47 @@ def decide(req: Request, deps: Deps, budget: Budget) -> Decision:
     checks = _resolve(checks, deps, budget, node_arches(req["kind"], req.get("object")))
     _find_results(checks, deps, budget)
     for c in _undecided(checks):
+        cves, age = _cves_for(c, deps)
         c.verdict = policy_mod.evaluate(c.result, c.policy, image=str(c.ref),
-                                        namespace=namespace, today=today)
+                                        namespace=namespace, today=today, cves=cves,
+                                        feed_age_s=age)
     apply_break_glass(checks, req, deps)
     decision = _respond(checks, deps)
     if key is not None and reusable(decision):
         deps.memo.put(key, pset, decision, deps.memo_s)
     return decision
+
+
+def _cves_for(c: Check, deps: Deps) -> tuple[ScanResult | None, float | None]:
+    """The CVE evaluation that decides for this image under a policy with `cves`, and the age
+    of its product's feed in force. The scan result carries the evaluation of the feed it was
+    scanned with; after a feed update the workers store one per (digest, new feed) — until it
+    lands, the digest's latest evaluation (or the scan's own) decides, never "pending"."""
+    res = c.result
+    if c.policy.cves is None or deps.feeds is None or res is None or res.state != "done":
+        return None, None
+    try:
+        st = deps.feeds(res.product)
+    except (OSError, ValueError):
+        st = None
+    if st is None:
+        return None, None
+    age = st.age_s(deps.clock())
+    if res.feed.get("sha256") == st.sha256:
+        return None, age
+    scanner = c.key.scanner_version
+    keys = [cve_key(c.digest, res.product, st.sha256, scanner),
+            cve_key(c.digest, res.product, "latest", scanner)]
+    try:
+        found = _lookup_many(deps.service, keys)
+    except Exception:           # the store is down: the scan's own CVEs still decide
+        return None, age
+    for hit in found:
+        if hit is not None and hit.state == "done" and hit.feed.get("sha256"):
+            if hit is found[1] and hit.feed.get("as_of", 0) <= res.feed.get("as_of", 0):
+                break           # the scan's own evaluation is newer than the latest stored
+            return hit, age
+    return None, age
 
 
 def _allow(reason: str, checks: list[Check] | None = None) -> Decision:

@@ -35,6 +35,8 @@ class Deps:
     # A pass/fail decision is reused this long for a request with the same inputs (0: never).
     memo_s: float = 0.0
     memo: Memo = field(default_factory=lambda: Memo())
+    # product → its CVE feed in force (feeds.FeedStore.current_for), None: CVEs not judged
+    feeds: Callable[[str], object] | None = None
 
 
 @dataclass

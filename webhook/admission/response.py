@@ -14,8 +14,10 @@ from .. import policy as policy_mod
 from .review import Response
 
 RULES_SHOWN = 3          # worst failing rules named per image; the rest are counted
+CVES_SHOWN = 5           # worst CVEs named per image, one line each
 IMAGES_SHOWN = 5         # denied images described in one message
-STATE_ORDER = {"fail": 4, "error": 3, "unsupported": 2, "pending": 1, "pass": 0}
+STATE_ORDER = {"fail": 5, "error": 4, "unsupported": 3, "stale-feed": 2, "pending": 1,
+               "pass": 0}
 
 
 def build(judged: list, *, report_url: str = "",
@@ -69,11 +71,19 @@ def describe(c, report_url: str, policy_root: str) -> str:
     if v.state == "unsupported":
         return (f"{c.paths}: {_cut(c.image)} ({c.digest}) is denied by policy {p.name} "
                 f"(actions.unsupported: deny): {v.detail}")
+    if v.state == "stale-feed":
+        return (f"{c.paths}: {_cut(c.image)} ({c.digest}) is denied by policy {p.name} "
+                f"(cves.staleFeed: deny): {v.detail}")
     lines = [f"{c.paths}: {_cut(c.image)} ({c.digest}) fails policy {p.name}, "
              f"{judged_by(c)}:"]
-    lines += [f"  {r.severity:<6} {r.id}  {r.title}" for r in v.reasons[:RULES_SHOWN]]
-    if len(v.reasons) > RULES_SHOWN:
-        lines.append(f"  +{len(v.reasons) - RULES_SHOWN} more")
+    rules = [r for r in v.reasons if r.kind != "cve"]
+    cves = [r for r in v.reasons if r.kind == "cve"]
+    lines += [f"  {r.severity:<6} {r.id}  {r.title}" for r in rules[:RULES_SHOWN]]
+    if len(rules) > RULES_SHOWN:
+        lines.append(f"  +{len(rules) - RULES_SHOWN} more")
+    lines += [f"  {_cut(r.title, 160)}" for r in cves[:CVES_SHOWN]]
+    if len(cves) > CVES_SHOWN:
+        lines.append(f"  +{len(cves) - CVES_SHOWN} more CVEs")
     lines.append(f"  full report: GET {report_path(report_url, c.digest, p.name)}")
     lines.append(f"  reproduce: scapgate scan {c.pinned} --policy {policy_file(p, policy_root)}")
     return "\n".join(lines)
@@ -113,9 +123,11 @@ def warnings_for(c) -> list[str]:
         out.append(c.glass.warning or f"break-glass: {where} admitted ({v.state})")
     elif v.state == "fail" and p.enforcement != "audit":
         ids = ", ".join(r.id for r in v.reasons[:RULES_SHOWN])
-        out.append(f"{where}: {len(v.reasons)} failing rules ({p.enforcement} mode): {ids}")
-    elif v.state in ("pending", "error", "unsupported") and _loud(v.state, p):
-        if v.state == "unsupported":            # the detail says "not judged" already
+        what = ("failing rules" if all(r.kind != "cve" for r in v.reasons)
+                else "failing rules and CVEs")
+        out.append(_clip(f"{where}: {len(v.reasons)} {what} ({p.enforcement} mode): {ids}"))
+    elif v.state in ("pending", "error", "unsupported", "stale-feed") and _loud(v.state, p):
+        if v.state in ("unsupported", "stale-feed"):   # the detail says what was not judged
             out.append(_clip(f"{where}: {v.detail}"))
         else:
             what = "scan in progress" if v.state == "pending" else f"not scanned: {v.detail}"

@@ -274,23 +274,23 @@ def check_waivers(pol: P.Policy, node, bench, findings, *, today: dt.date) -> No
             info = bench.rule(w.rule)
             if info.id not in selected:
                 _f(findings, pol, node, where + ["rule"], "warning", "waiver-no-effect",
-                   f"waiver for {w.rule}: the profile does not evaluate this rule")
+                   f"waiver for {w.names}: the profile does not evaluate this rule")
             elif info.container_blind():
                 _f(findings, pol, node, where + ["rule"], "warning", "waiver-no-effect",
-                   f"waiver for {w.rule}: the rule is notapplicable in container images "
+                   f"waiver for {w.names}: the rule is notapplicable in container images "
                    f"(platform {', '.join(info.platforms)})")
             elif not P.enforcement_of(info.id, info.severity, pol)[0]:
                 _f(findings, pol, node, where + ["rule"], "warning", "waiver-no-effect",
-                   f"waiver for {w.rule}: the policy does not deny on it "
+                   f"waiver for {w.names}: the policy does not deny on it "
                    f"({P.enforcement_of(info.id, info.severity, pol)[1]})")
         left = w.days_left(today)
         if left < 0:
             _f(findings, pol, node, where + ["expires"], "error", "waiver-expired",
-               f"waiver for {w.rule} ({w.ticket}) expired on {w.expires} and no longer applies: "
+               f"waiver for {w.names} ({w.ticket}) expired on {w.expires} and no longer applies: "
                "remove it or renew it with a new approval")
         elif left <= pol.waiver_warning_days:
             _f(findings, pol, node, where + ["expires"], "warning", "waiver-expiring",
-               f"waiver for {w.rule} ({w.ticket}, owner {w.owner}) expires on {w.expires}, "
+               f"waiver for {w.names} ({w.ticket}, owner {w.owner}) expires on {w.expires}, "
                f"in {left} days")
 
 
@@ -308,14 +308,19 @@ def _unknown_id(w: P.Waiver, pol: P.Policy, bench, ovals) -> str:
     name = os.path.basename(pol.datastream)
     if w.kind == "rule":
         if bench and not bench.rule(w.rule):
-            return f"waiver for {w.rule}: no such rule in {name}" + _did_you_mean(w.rule, bench)
+            return f"waiver for {w.names}: no such rule in {name}" + _did_you_mean(w.rule, bench)
         return ""
+    if w.kind in ("ref", "package") and pol.cves is not None:
+        return ""           # a CVE or advisory of the distribution's feed (checked at scan time)
+    if w.kind == "package":
+        return (f"waiver for {w.names}: a package waiver, but the policy judges no CVEs "
+                "(spec.cves)")
     if not pol.oval:
-        return (f"waiver for {w.rule}: an OVAL {'definition' if w.kind == 'oval' else 'reference'}"
+        return (f"waiver for {w.names}: an OVAL {'definition' if w.kind == 'oval' else 'reference'}"
                 " id, but the policy evaluates no OVAL files (content.oval)")
     found = any((w.rule in o.definitions) if w.kind == "oval" else (w.rule in o.references)
                 for o in ovals)
-    return "" if found else f"waiver for {w.rule}: not found in the policy's OVAL files"
+    return "" if found else f"waiver for {w.names}: not found in the policy's OVAL files"
 
 
 def _did_you_mean(rule_id: str, bench: pc.Benchmark) -> str:

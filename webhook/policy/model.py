@@ -32,6 +32,7 @@ SCHEMA_PATH = os.path.join(REPO, "policies", "schema", "imagepolicy.schema.json"
 DEFAULTS = {
     "denySeverity": "medium", "enforcement": "enforce", "pending": "deny", "error": "deny",
     "unsupported": "deny", "stale": "decide", "maxScanAge": "7d", "waiverWarningDays": 14,
+    "cveDenySeverity": "high", "fixedOnly": True, "maxFeedAge": "2d", "staleFeed": "warn",
 }
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _OVAL_ID = re.compile(r"^oval:[A-Za-z0-9_.-]+:def:[0-9]+$")
@@ -52,23 +53,39 @@ class Waiver:
     namespaces: tuple[str, ...] = ("*",)
     approved_by: str = ""
     line: int = 0
+    package: str = ""             # every CVE of this package (with rule: that CVE of it)
 
     @property
     def kind(self) -> str:
-        """rule (XCCDF rule id, full or short), oval (definition id) or ref (CVE/DSA/… id)."""
+        """rule (XCCDF rule id, full or short), oval (definition id), ref (CVE/DSA/… id) or
+        package (every CVE of a package)."""
+        if not self.rule:
+            return "package"
         if _OVAL_ID.match(self.rule):
             return "oval"
         return "rule" if _XCCDF_RULE.match(self.rule) else "ref"
 
-    def covers(self, rule_id: str, image: str, namespace: str, refs=()) -> bool:
-        """Whether the waiver names this finding here, whatever its expiry."""
-        return ((_rule_matches(self.rule, rule_id) or self.rule in refs)
-                and matches_any(image, self.images) and matches_any(namespace, self.namespaces))
+    def covers(self, rule_id: str, image: str, namespace: str, refs=(), packages=()) -> bool:
+        """Whether the waiver names this finding here, whatever its expiry. A package waiver
+        covers the CVEs of that package (the feed's name or the installed binary's)."""
+        if self.package and self.package not in packages:
+            return False
+        named = (not self.rule and bool(self.package)) or (
+            bool(self.rule) and (_rule_matches(self.rule, rule_id) or self.rule in refs))
+        return named and matches_any(image, self.images) and matches_any(namespace,
+                                                                          self.namespaces)
 
     def applies(self, rule_id: str, image: str, namespace: str, today: dt.date,
-                refs=()) -> bool:
+                refs=(), packages=()) -> bool:
         """An expired waiver stops applying by itself (it is valid through its expiry date)."""
-        return today <= self.expires and self.covers(rule_id, image, namespace, refs)
+        return today <= self.expires and self.covers(rule_id, image, namespace, refs, packages)
+
+    @property
+    def names(self) -> str:
+        """What the waiver is for, as messages say it: the rule, the package, or both."""
+        if self.package and self.rule:
+            return f"{self.rule} in {self.package}"
+        return self.rule or f"every CVE of {self.package}"
 
     def days_left(self, today: dt.date) -> int:
         return (self.expires - today).days
@@ -84,6 +101,16 @@ class ProductContent:
     datastream: str = ""          # "" → the installed ssg-<product>-ds.xml
     tailoring: str | None = None
     line: int = 0
+
+
+@dataclass(frozen=True)
+class CvePolicy:
+    """spec.cves: which CVEs of the image's distribution feed deny."""
+
+    deny_severity: str = "high"      # critical high medium low negligible unknown none
+    fixed_only: bool = True
+    max_feed_age_s: int = 2 * 86400
+    on_stale_feed: str = "warn"      # deny | allow | warn
 
 
 @dataclass(frozen=True)
@@ -119,6 +146,7 @@ class Policy:
     waivers: tuple[Waiver, ...] = ()
     break_glass_users: frozenset[str] = frozenset()
     break_glass_groups: frozenset[str] = frozenset()
+    cves: CvePolicy | None = None     # None: CVEs are not judged
 
     def content(self) -> ContentSet:
         """The content for every product this policy judges, with hashes (raises
@@ -233,12 +261,13 @@ def from_document(doc, *, path: str = "<inline>", sha256: str = "", node=None) -
     m, a = spec.get("match", {}), spec.get("actions", {})
     bg = spec.get("breakGlass", {})
     try:
-        waivers = tuple(Waiver(rule=w["rule"], reason=w["reason"], owner=w["owner"],
+        waivers = tuple(Waiver(rule=w.get("rule", ""), reason=w["reason"], owner=w["owner"],
                                ticket=w["ticket"], expires=dt.date.fromisoformat(w["expires"]),
                                images=tuple(w.get("images", ["*"])),
                                namespaces=tuple(w.get("namespaces", ["*"])),
                                approved_by=w.get("approvedBy", ""),
-                               line=line_of(node, ["spec", "waivers", i]))
+                               line=line_of(node, ["spec", "waivers", i]),
+                               package=w.get("package", ""))
                         for i, w in enumerate(spec.get("waivers", [])))
     except ValueError as e:
         raise PolicyError(f"{path}: spec.waivers: invalid expiry date: {e}") from e
@@ -281,7 +310,15 @@ def from_document(doc, *, path: str = "<inline>", sha256: str = "", node=None) -
         waiver_warning_days=spec.get("waiverWarningDays", DEFAULTS["waiverWarningDays"]),
         waivers=waivers,
         break_glass_users=frozenset(bg.get("users", [])),
-        break_glass_groups=frozenset(bg.get("groups", [])))
+        break_glass_groups=frozenset(bg.get("groups", [])),
+        cves=_cves(spec["cves"]) if "cves" in spec else None)
+
+
+def _cves(c: dict) -> CvePolicy:
+    return CvePolicy(deny_severity=c.get("denySeverity", DEFAULTS["cveDenySeverity"]),
+                     fixed_only=c.get("fixedOnly", DEFAULTS["fixedOnly"]),
+                     max_feed_age_s=parse_duration(c.get("maxFeedAge", DEFAULTS["maxFeedAge"])),
+                     on_stale_feed=c.get("staleFeed", DEFAULTS["staleFeed"]))
 
 # -- several policies -----------------------------------------------------------------------
 

@@ -198,11 +198,50 @@ def _lookup(root_fd: int, rel: str, use: Callable[[int, str, os.stat_result], T]
         _close_all(dirs)
 
 
+def read_file_bytes(root: str, rel: str, limit: int) -> bytes | None:
+    """The bytes of rel (at most limit + 1, so callers see what is too big), resolved inside
+    root as a container would; None if missing, not a regular file or outside the root."""
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return _lookup(root_fd, rel,
+                       lambda dir_fd, name, st: _read_at(dir_fd, name, st, limit + 1))
+    except (OSError, _Refused):
+        return None
+    finally:
+        os.close(root_fd)
+
+
+def list_dir(root: str, rel: str) -> list[str]:
+    """Names in directory rel, resolved inside root as a container would ([] if none)."""
+    def names(dir_fd: int, name: str, st: os.stat_result) -> list[str]:
+        if not stat.S_ISDIR(st.st_mode):
+            return []
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+    try:
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return _lookup(root_fd, rel, names)
+    except (OSError, _Refused):
+        return []
+    finally:
+        os.close(root_fd)
+
+
 def _read(root_fd: int, rel: str, limit: int) -> str:
-    return _lookup(root_fd, rel, lambda dir_fd, name, st: _read_at(dir_fd, name, st, limit))
+    return _lookup(root_fd, rel, lambda dir_fd, name, st: _read_at(
+        dir_fd, name, st, limit)).decode("utf-8", errors="replace")
 
 
-def _read_at(dir_fd: int, name: str, st: os.stat_result, limit: int) -> str:
+def _read_at(dir_fd: int, name: str, st: os.stat_result, limit: int) -> bytes:
     """Open only what lstat called a regular file, and check again on the open fd."""
     if not stat.S_ISREG(st.st_mode):
         raise _Refused(f"not a regular file ({_kind(st.st_mode)})")
@@ -219,7 +258,7 @@ def _read_at(dir_fd: int, name: str, st: os.stat_result, limit: int) -> str:
             data += chunk
     finally:
         os.close(fd)
-    return data.decode("utf-8", errors="replace")
+    return bytes(data)
 
 
 def _kind(mode: int) -> str:

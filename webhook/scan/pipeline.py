@@ -18,6 +18,8 @@ from typing import Callable
 
 from . import oscap
 from .diskcache import OciCache, trim_reports
+from .feeds import FeedStore, evaluate_snapshot
+from .packages import PackageStore
 from .identify import (OS_RELEASE, Identity, IdentityError, identify, parse_os_release,
                        read_release_file)
 from .images import ImageRef
@@ -44,6 +46,9 @@ class PipelineSettings:
     oscap: oscap.OscapSettings = field(default_factory=oscap.OscapSettings)
     oci_cache_bytes: int = 2 << 30                  # OCI layouts kept for rescans/shared layers
     reports_bytes: int = 512 << 20                  # ARF/HTML reports kept for /reports
+    cves: bool = True                               # evaluate the product's kept CVE feed
+    packages_bytes: int = 1 << 30                   # package databases kept for re-judging
+    feeds_dir: str = ""                             # "" = state_dir (scan --cve-feed: its own)
 
 
 class Stages:
@@ -76,6 +81,8 @@ class Pipeline:
         self._layout_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.cache = OciCache(settings.state_dir, settings.oci_cache_bytes)
+        self.feeds = FeedStore(settings.feeds_dir or settings.state_dir)
+        self.packages = PackageStore(settings.state_dir, settings.packages_bytes)
 
     def oscap_version(self) -> str:
         """`oscap --version`, asked once per process (it costs a subprocess)."""
@@ -250,13 +257,45 @@ class Pipeline:
         os.makedirs(reports, exist_ok=True)
         arf_path = stage("store", oscap.compress, arf,
                          os.path.join(reports, f"{key.id()}.arf.xml.gz"))
+        cves, feed = [], {}
+        if self.settings.cves:
+            cves, feed = self.judge_cves(ref, root, work, ident, arch or "", stage)
         return ScanResult(key=key, image=str(ref), rules=rules, oval=ovals, os_release=osr,
                           tools={"oscap": self.oscap_version(), "pipeline": PIPELINE_VERSION,
                                  "content": os.path.basename(spec.datastream),
                                  "content_sha256": spec.datastream_sha256},
                           timings=timings, scanned_at=self.clock(), score=score,
                           arf_path=arf_path, product=ident.product, identity=ident.to_dict(),
-                          profile=spec.profile)
+                          profile=spec.profile, cves=cves, feed=feed)
+
+    def judge_cves(self, ref: ImageRef, root: str, work: str, ident: Identity, arch: str,
+                   stage) -> tuple[list, dict]:
+        """Keep the image's package database (for re-judging when the feed changes) and
+        evaluate the product's current feed against that copy — the same files a re-judge
+        reads, so both give the same answer."""
+        try:
+            stage("snapshot", lambda: self.packages.put(
+                ref.digest, root, product=ident.product, package_db=ident.package_db,
+                arch=arch, image=str(ref)))
+        except (UnpackError, OSError) as e:
+            return [], {"product": ident.product,
+                        "error": f"cannot keep the package database: {e}"}
+        st = self.feeds.current_for(ident.product)
+        if st is None:
+            return [], {"product": ident.product,
+                        "error": f"no CVE feed for {ident.product} (scapgate feeds status)"}
+        return stage("cves", self.cves_from_snapshot, ref.digest, st, work, ident.product)
+
+    def cves_from_snapshot(self, digest: str, st, work: str, product: str) -> tuple[list, dict]:
+        """Evaluate a product's feed against the kept package database of a digest."""
+        snap = self.packages.get(digest)
+        if snap is None:
+            return [], {"product": product, "error": f"no package database kept for {digest}"}
+        where = tempfile.mkdtemp(prefix="cves-", dir=work)
+        root = self.packages.extract(digest, os.path.join(where, "root"))
+        return evaluate_snapshot(self.feeds, st, root, where, product=product,
+                                 package_db=snap.package_db, arch=snap.arch,
+                                 settings=self.settings.oscap)
 
 
 def unsupported_message(ident: Identity, content: ContentSet) -> str:

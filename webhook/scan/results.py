@@ -103,6 +103,16 @@ class ScanKey:
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
+CVE_KEY_VERSION = "cve-1"     # bump when the slicing or the rewrites change what is found
+
+
+def cve_key(digest: str, product: str, feed_sha256: str, scanner_version: str) -> ScanKey:
+    """The key of an image's CVE evaluation against one feed (feed_sha256 "latest": the
+    newest evaluation of any feed, which decides until the current feed's is ready)."""
+    return ScanKey(digest=digest, content_sha256=feed_sha256, profile=f"cves:{product}",
+                   tailoring_sha256=CVE_KEY_VERSION, scanner_version=scanner_version)
+
+
 @dataclass(frozen=True, slots=True)
 class RuleResult:
     id: str
@@ -118,6 +128,51 @@ class OvalResult:
     klass: str
     result: str
     references: tuple[str, ...] = ()
+
+
+CVE_SEVERITY_ORDER = {"unknown": 0, "negligible": 1, "low": 2, "medium": 3, "high": 4,
+                      "critical": 5}
+
+
+def cve_severity_rank(severity: str) -> int:
+    return CVE_SEVERITY_ORDER.get((severity or "unknown").lower(), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class CveFinding:
+    """One vulnerable package of one feed definition.
+
+    id is the CVE (Debian and Ubuntu CVE feeds) or the advisory (RHSA, USN); package the name
+    the feed tests (Debian: the source package) and binary the installed package when it has
+    another name; installed and fixed are versions without a 0: epoch (fixed "" when no fix is
+    released); severity as the feed states it, in scapgate's words (critical, high, medium,
+    low, negligible, unknown)."""
+
+    id: str
+    package: str
+    installed: str
+    fixed: str
+    severity: str
+    title: str
+    definition: str = ""
+    binary: str = ""
+    cves: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """`CVE-2024-3094 critical xz-utils 5.6.0-0.2 → 5.6.1+really5.4.5-1`."""
+        pkg = f"{self.package} ({self.binary})" if self.binary else self.package
+        return (f"{self.id} {self.severity} {pkg} {self.installed} → "
+                f"{self.fixed or 'no fix yet'}")
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "package": self.package, "installed": self.installed,
+                "fixed": self.fixed, "severity": self.severity, "title": self.title,
+                "binary": self.binary, "cves": list(self.cves), "definition": self.definition}
+
+
+def worst_first(findings) -> list[CveFinding]:
+    return sorted(findings, key=lambda f: (-cve_severity_rank(f.severity), not f.fixed,
+                                           f.id, f.package))
 
 
 @dataclass(slots=True)
@@ -147,6 +202,9 @@ class ScanResult:
     product: str = ""
     identity: dict = field(default_factory=dict)
     profile: str = ""
+    cves: list[CveFinding] = field(default_factory=list)
+    feed: dict = field(default_factory=dict)   # the CVE feed evaluated: product, sha256,
+                                               # source, as_of, definitions, unevaluated, note
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -177,7 +235,7 @@ class ScanResult:
             scanned_at=self.scanned_at, error=self.error, permanent=self.permanent,
             score=self.score, arf_path=self.arf_path, product=_i(self.product),
             identity=_shared({n: v for n, v in self.identity.items() if n in _ID_KEEP}),
-            profile=_i(self.profile))
+            profile=_i(self.profile), cves=self.cves, feed=self.feed)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -189,6 +247,8 @@ class ScanResult:
         d["rules"] = [RuleResult(**r) for r in d.get("rules", [])]
         d["oval"] = [OvalResult(**{**o, "references": tuple(o.get("references", ()))})
                      for o in d.get("oval", [])]
+        d["cves"] = [CveFinding(**{**c, "cves": tuple(c.get("cves", ()))})
+                     for c in d.get("cves", [])]
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})   # a newer worker's fields
 

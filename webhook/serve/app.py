@@ -60,12 +60,19 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
         error_retry_s=settings.error_retry_s, scan_workers=settings.workers or os.cpu_count() or 2,
         report_url=settings.report_url, policy_root=settings.policy,
         break_glass_controllers=frozenset(settings.break_glass_controllers),
-        memo_s=settings.decision_memo_s)
+        memo_s=settings.decision_memo_s,
+        feeds=_feeds_of(pipeline, settings))
     logs.setup()
     app = Flask("webhook")
     app.extensions["scapgate"] = deps
     _routes(app, deps, settings, status)
     return app
+
+
+def _feeds_of(pipeline, settings: Settings):
+    """product → its CVE feed in force, from the state dir the workers keep feeds in."""
+    feeds = getattr(pipeline, "feeds", None)
+    return feeds.current_for if feeds is not None and settings.cve_feeds != ("off",) else None
 
 
 def _policy_source(policies, settings: Settings):

@@ -29,8 +29,23 @@ QUEUE_DEPTH = _metric(
 CACHE_LOOKUPS = _metric(
     Counter, "scapgate_cache_lookups", "Result lookups by tier (l1, l2) and result (hit, miss)",
     ("tier", "result"))
+FEED_AGE = _metric(
+    Gauge, "scapgate_cve_feed_age_seconds", "Age of the CVE feed kept for a product",
+    ("product",), multiprocess_mode="mostrecent")
+FEED_LAST_SUCCESS = _metric(
+    Gauge, "scapgate_cve_feed_last_success_timestamp_seconds",
+    "When a product's CVE feed was last fetched or confirmed unchanged", ("product",),
+    multiprocess_mode="mostrecent")
+FEED_FAILURES = _metric(
+    Gauge, "scapgate_cve_feed_failures", "Failed updates of a product's CVE feed since its "
+    "last success", ("product",), multiprocess_mode="mostrecent")
+REJUDGE_SECONDS = _metric(
+    Histogram, "scapgate_cve_rejudge_seconds", "One pass re-judging the kept images of a "
+    "product with its current CVE feed", ("product",),
+    buckets=(1, 5, 15, 60, 180, 600, 1800, 3600))
 METRICS = (SCANS_STARTED_TOTAL, SCANS_FINISHED_TOTAL, SCANS_FAILED_TOTAL, SCAN_DURATION,
-           QUEUE_DEPTH, CACHE_LOOKUPS)
+           QUEUE_DEPTH, CACHE_LOOKUPS, FEED_AGE, FEED_LAST_SUCCESS, FEED_FAILURES,
+           REJUDGE_SECONDS)
 _registered: set[tuple[int, int]] = set()
 
 

@@ -345,6 +345,9 @@ def cmd_worker(args) -> int:
                          daemon=True).start()
     log.info("worker.started owner=%s store=%s concurrency=%d lease_s=%s", worker.owner,
              getattr(store, "safe_url", store.url), worker.concurrency, worker.lease_s)
+    if worker.pipeline.settings.cves:
+        from .cves import FeedKeeper
+        FeedKeeper(settings, worker.pipeline, store).start(stop)
     worker.run(stop, grace_s=args.grace_s)
     store.close()
     log.info("worker.stopped owner=%s", worker.owner)
