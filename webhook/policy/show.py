@@ -103,10 +103,24 @@ def _deny_text(pol: P.Policy) -> str:
         parts.append(f"a score below {pol.min_score:g}")
     if pol.deny_oval_true and pol.oval:
         parts.append("an OVAL definition (CVE) that is true")
+    if pol.cves is not None:
+        parts.append(_cve_text(pol.cves))
     text = "; ".join(parts)
     if pol.never_enforce:
         text += " — never: " + ", ".join(sorted(pol.never_enforce))
     return text
+
+
+def _cve_text(c) -> str:
+    """spec.cves in words: what denies, and what an old or missing feed does."""
+    if c.deny_severity == "none":
+        what = "CVEs of the distribution's feed are reported, never denied"
+    else:
+        what = (f"a CVE of the distribution's feed of severity {c.deny_severity} or higher"
+                + (" with a fix released" if c.fixed_only else ""))
+    age = f"{c.max_feed_age_s // 3600}h" if c.max_feed_age_s % 86400 else \
+        f"{c.max_feed_age_s // 86400}d"
+    return f"{what} (a feed older than {age} or none: {c.on_stale_feed})"
 
 
 def _where(pol: P.Policy) -> str:

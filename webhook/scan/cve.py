@@ -550,8 +550,8 @@ def _findings_of(defn, tests_el, objects_el, states_el, test_res, items, added) 
             oobj = objects_el.get(orig.find("{*}object").get("object_ref"))
             feed_pkg = (oobj.findtext("{*}name") or "") if oobj is not None else ""
         for ti in res.iterfind(f"{{{OVAL_RES}}}tested_item"):
-            if ti.get("result") != "true":
-                continue
+            if refs_st and ti.get("result") != "true":
+                continue        # (a test without a state: every item found counts)
             item = items.get(ti.get("item_id"))
             if item is None:
                 continue
