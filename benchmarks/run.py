@@ -1,6 +1,6 @@
 """`make bench`: run every section, print the results and write BENCHMARKS.md.
 
-    .venv/bin/python -m benchmarks.run [--quick] [--sections fastpath,cold,large,shared,throughput,memory]
+    .venv/bin/python -m benchmarks.run [--quick] [--sections fastpath,cold,large,shared,throughput,memory,cves]
 
 Raw numbers and py-spy profiles go to BENCHMARKS.raw/ (git-ignored). Needs root (the cached
 debootstrap image), skopeo, umoci, oscap, docker-registry and wrk (installed with apt-get when
@@ -25,11 +25,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fastpath, large, loadgen, memory, scan, servers, throughput
+from . import cves, fastpath, large, loadgen, memory, scan, servers, throughput
 from .common import REPO, SCAPGATE, Section, log
 
-ALL = ("fastpath", "cold", "large", "shared", "memory", "throughput")
-SCANS = {"cold", "large", "shared", "throughput"}   # sections that run oscap on real images
+ALL = ("fastpath", "cold", "large", "shared", "memory", "throughput", "cves")
+SCANS = {"cold", "large", "shared", "throughput", "cves"}   # sections running oscap on images
 
 
 @dataclass
@@ -139,7 +139,8 @@ def main(argv=None) -> int:
                  "large": lambda: large.run(ctx, plan),
                  "shared": lambda: scan.run_shared(ctx, plan),
                  "throughput": lambda: throughput.run(ctx, plan),
-                 "memory": lambda: memory.run(ctx, plan)}
+                 "memory": lambda: memory.run(ctx, plan),
+                 "cves": lambda: cves.run(ctx, plan)}
         for name in ALL:
             if name not in sections:
                 continue

@@ -388,6 +388,34 @@ def test_registry_settings_are_mounted(helm):
             container(find(docs, "Deployment", name))["volumeMounts"]
 
 
+def test_cve_feeds_reach_webhook_and_workers_with_their_volume(helm):
+    """cves.feeds → SCAPGATE_CVE_FEEDS as Settings reads it (product=source), the air-gapped
+    volume mounted read-only where those paths point; cves.enabled false → "off"."""
+    docs = render(helm, "--set", "ha.enabled=true", "--set", "ha.redis.url=redis://r:6379/0",
+                  "--set", "cves.feeds.debian12=/etc/scapgate/feeds/bookworm.xml.bz2",
+                  "--set", "cves.feeds.rhel9=off", "--set", "cves.refreshSeconds=3600",
+                  "--set-json", 'cves.volume={"persistentVolumeClaim":{"claimName":"feeds"}}')
+    for name in (FULLNAME, f"{FULLNAME}-worker"):
+        c = container(find(docs, "Deployment", name))
+        env = env_of(c)
+        assert env["SCAPGATE_CVE_FEEDS"] == \
+            "debian12=/etc/scapgate/feeds/bookworm.xml.bz2,rhel9=off"
+        assert env["SCAPGATE_CVE_REFRESH_S"] == "3600"
+        assert {"name": "cve-feeds", "mountPath": "/etc/scapgate/feeds", "readOnly": True} in \
+            c["volumeMounts"]
+        spec = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        assert {"name": "cve-feeds", "persistentVolumeClaim": {"claimName": "feeds"}} in \
+            spec["volumes"]
+    from webhook.scan.feeds import sources
+    got = sources(env["SCAPGATE_CVE_FEEDS"])
+    assert got["debian12"] == "/etc/scapgate/feeds/bookworm.xml.bz2" and "rhel9" not in got
+    off = env_of(container(find(render(helm, "--set", "cves.enabled=false"), "Deployment",
+                                FULLNAME)))
+    assert off["SCAPGATE_CVE_FEEDS"] == "off"
+    defaults = env_of(container(find(render(helm), "Deployment", FULLNAME)))
+    assert defaults["SCAPGATE_CVE_FEEDS"] == ""          # the vendors' feeds
+
+
 @pytest.mark.parametrize("values", ["defaults", "cert-manager", "ha-bundled-redis"])
 def test_notes_render(helm, tmp_path, values):
     """helm template does not render NOTES.txt: render it through tpl in a copy of the chart."""

@@ -68,7 +68,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 from xml.sax.saxutils import escape as _esc, quoteattr as _qa
@@ -462,7 +462,7 @@ def _ubuntu_cve_feed(codename: str, version: str, advisories: Iterable[Advisory]
         "        </regex_capture>\n      </concat>\n    </local_variable>\n")
 
     objects_by_bins: dict[tuple[str, ...], int] = {}
-    for adv in sorted(advisories, key=lambda a: _digits(a.id)):
+    for adv in sorted(advisories, key=lambda a: a.id):     # dict(sorted(...)) upstream
         base = _digits(adv.id) * 10 ** 7
         cur = base
         prio = (adv.severity or "medium").lower()
@@ -918,12 +918,18 @@ def definition_ids(feed: bytes) -> dict[str, list[str]]:
     return out
 
 
-def test_ids(feed: bytes, comment_regex: str) -> list[str]:
+def tests_by_comment(feed: bytes, comment_regex: str) -> list[str]:
     """Ids of tests whose comment matches (e.g. "zlib is earlier than", "Installed architecture")."""
     from lxml import etree
     root = etree.fromstring(feed, etree.XMLParser(huge_tree=True))
     rx = re.compile(comment_regex)
     return [t.get("id") for t in root.iterfind(f"{{{NS_DEF}}}tests/*") if rx.search(t.get("comment", ""))]
+
+
+#: The first name of tests_by_comment (tests/scan/test_cve.py uses it). Not a pytest test,
+#: even when imported by name into a test module.
+test_ids = tests_by_comment
+test_ids.__test__ = False
 
 
 # ---------------------------------------------------------------------------- plain oscap
@@ -984,6 +990,87 @@ def oval_validate(feed: str | os.PathLike, timeout: float = 120) -> subprocess.C
     """``oscap oval validate FEED`` (schema validation; rc 0 = valid)."""
     return subprocess.run(["oscap", "oval", "validate", str(feed)], capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------- small roots
+
+#: (binary, version, Source: field or "") of debian_cve_root: libc6/libssl3/liblzma5 carry
+#: another source's name (the source-name trap), bash and xz-utils are their own source.
+DEBIAN_CVE_ROOT_PACKAGES = (
+    ("libc6", "2.36-9+deb12u4", "glibc"),
+    ("libssl3", "3.0.11-1~deb12u2", "openssl"),
+    ("liblzma5", "5.4.1-0.2", "xz-utils"),
+    ("xz-utils", "5.4.1-0.2", ""),
+    ("bash", "5.2.15-2+b2", ""),
+)
+#: ubuntu_cve_root's packages (jammy version strings); the kernel image is installed, but
+#: the feed asks the RUNNING kernel (uname), which a root does not have.
+UBUNTU_CVE_ROOT_PACKAGES = (
+    ("libssl3", "3.0.2-0ubuntu1.10", "openssl"),
+    ("openssl", "3.0.2-0ubuntu1.10", ""),
+    ("liblzma5", "5.2.5-2ubuntu1", "xz-utils"),
+    ("bash", "5.1-6ubuntu1", ""),
+    ("linux-image-5.15.0-91-generic", "5.15.0-91.101", "linux-signed"),
+)
+#: rpm_cve_root's extra packages beside filesystem, setup and the release package.
+RPM_CVE_ROOT_PACKAGES = (("zlib", "1.2.11", "39.el9"),)
+
+
+def _dpkg_root(dest: Path, packages, files: dict[str, str]) -> Path:
+    from tests.builders import imagebuild as ib
+    dest = Path(dest)
+    for d in ("etc", "usr/lib", "usr/share/dpkg", "var/lib/dpkg/info", "var/lib/dpkg/updates"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    for rel, text in files.items():
+        (dest / rel).write_text(text)
+    (dest / "var/lib/dpkg/status").write_text(
+        "".join(ib.dpkg_stanza(n, v, source=src) for n, v, src in packages))
+    for table in ("cputable", "ostable", "tupletable"):   # libapt (dpkginfo probe) needs them
+        shutil.copyfile(f"/usr/share/dpkg/{table}", dest / "usr/share/dpkg" / table)
+    return dest
+
+
+def debian_cve_root(dest: str | os.PathLike, packages=DEBIAN_CVE_ROOT_PACKAGES, *,
+                    debian_version: str = "12.8") -> Path:
+    """A Debian 12 root for feed evaluation: /etc/debian_version, os-release, a dpkg status of
+    ``packages`` (binary, version, source), the dpkg tables, var/lib/dpkg/info."""
+    from tests.builders import imagebuild as ib
+    root = _dpkg_root(Path(dest), packages, {"etc/debian_version": debian_version + "\n",
+                                             "usr/lib/os-release": ib.OS_RELEASE_BOOKWORM})
+    if not (root / "etc/os-release").exists():
+        (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    return root
+
+
+def ubuntu_cve_root(dest: str | os.PathLike, packages=UBUNTU_CVE_ROOT_PACKAGES) -> Path:
+    """An Ubuntu 22.04 (jammy) root: /etc/lsb-release (what the feeds' release check reads),
+    os-release, debian_version "bookworm/sid", dpkg status of ``packages``."""
+    from tests.builders import distros
+    root = _dpkg_root(Path(dest), packages, {"etc/lsb-release": distros.LSB_RELEASE_JAMMY,
+                                             "etc/debian_version": "bookworm/sid\n",
+                                             "usr/lib/os-release": distros.OS_RELEASE_JAMMY})
+    if not (root / "etc/os-release").exists():
+        (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    return root
+
+
+def rpm_cve_root(dest: str | os.PathLike, *, major: str = "9", release_package: str = "redhat-release",
+                 packages: Sequence[tuple[str, str, str]] = RPM_CVE_ROOT_PACKAGES) -> Path:
+    """A RHEL-like root built with rpmbuild + ``rpm --root -i`` (unsigned noarch packages,
+    rpmdb sqlite at /var/lib/rpm): distros.rhel_specs("good") with the release package renamed
+    to ``release_package`` (e.g. "rocky-release": a clone owning /etc/redhat-release) plus
+    ``packages`` (name, version, release). Returns dest/root; rpms are built in dest/rpmbuild."""
+    from tests.builders import distros
+    dest = Path(dest)
+    specs = distros.rhel_specs("good", major)
+    rel = specs.pop("redhat-release")
+    specs[release_package] = rel.replace("Name: redhat-release", f"Name: {release_package}", 1)
+    for name, version, release in packages:
+        specs[name] = distros.spec_text(name, version, release, [
+            distros.RpmFile(f"/usr/share/doc/{name}/README", f"{name} {version}-{release}\n")])
+    root = dest / "root"
+    distros.rpm_install(root, distros.build_rpms(specs, dest / "rpmbuild"))
+    return root
 
 
 # ============================================================================ large feed

@@ -145,6 +145,44 @@ def explain_rules(result, pol: P.Policy, *, image: str, namespace: str,
     return lines or ["  no rule fails"]
 
 
+def explain_cves(result, pol: P.Policy, *, image: str, namespace: str,
+                 today: dt.date, feed_age_s: float | None = None) -> list[str]:
+    """One line per CVE of the distribution's feed: deny, waived or ignored, and why; then
+    the feed it was judged with and what could not be evaluated."""
+    from ..policy.verdict import cve_enforced, cve_reason, feed_problem
+    from ..scan.results import worst_first
+    if pol.cves is None:
+        return ["CVEs: not judged (the policy has no spec.cves)"] if result.cves else []
+    feed = result.feed or {}
+    lines = [f"CVEs (spec.cves: denySeverity {pol.cves.deny_severity}, fixedOnly "
+             f"{str(pol.cves.fixed_only).lower()}, maxFeedAge "
+             f"{pol.cves.max_feed_age_s // 3600}h, staleFeed {pol.cves.on_stale_feed}):"]
+    problem = feed_problem(result, pol.cves, feed_age_s)
+    if feed.get("sha256"):
+        lines.append(f"  feed {feed.get('feed', '?')} sha256 {feed['sha256'][:12]}, "
+                     f"{feed.get('evaluated', 0)} of {feed.get('definitions', 0)} definitions "
+                     f"evaluated for this image")
+        if feed.get("note"):
+            lines.append(f"  {feed['note']}")
+    if problem:
+        lines.append(f"  stale-feed: {problem} (action {pol.cves.on_stale_feed})")
+    for f in worst_first(result.cves):
+        enforced, why = cve_enforced(f, pol.cves)
+        w = P.waiver_for(cve_reason(f), pol, image=image, namespace=namespace,
+                         today=today) if enforced else None
+        word = "WAIVED" if w else ("DENY" if enforced else "ignore")
+        if w:
+            why = f"waiver {w.ticket} by {w.owner} until {w.expires} ({pol.path}:{w.line})"
+        lines.append(f"  {word:<7}{f.line()} — {why}")
+    for kind, n in sorted((feed.get("unevaluated") or {}).items()):
+        lines.append(f"  not evaluated: {n} {kind} definition(s)"
+                     + (" (the running kernel decides: the node's, not the image's)"
+                        if kind == "kernel" else ""))
+    if len(lines) == 1:
+        lines.append("  no CVE found")
+    return lines
+
+
 def detected(result, pol: P.Policy) -> list[str]:
     """What the image was identified as, from which files, and which content judged it."""
     ident = result.identity or {}
@@ -165,6 +203,20 @@ def detected(result, pol: P.Policy) -> list[str]:
     elif ident.get("reason"):
         out.append(f"Why unsupported: {ident['reason']}")
     return out
+
+
+def _feed_age(args, result) -> float | None:
+    """The age of the image's product feed kept in the state dir (None: none kept)."""
+    from ..config import Settings
+    from ..scan.feeds import FeedStore
+    if not result.product:
+        return None
+    state = getattr(args, "state_dir", None) or Settings.from_env().state_dir
+    try:
+        st = FeedStore(state).current_for(result.product)
+    except (OSError, ValueError):
+        return None
+    return st.age_s() if st is not None else None
 
 
 def cmd_explain(args) -> int:
@@ -190,7 +242,9 @@ def cmd_explain(args) -> int:
     print(f"\nScan: {digest or '?'}, profile {profile}, "
           f"{sum(result.counts().values())} rule results")
     print("\n".join(detected(result, pol)))
-    verdict = P.evaluate(result, pol, image=image, namespace=args.namespace, today=today)
+    feed_age = _feed_age(args, result)
+    verdict = P.evaluate(result, pol, image=image, namespace=args.namespace, today=today,
+                         feed_age_s=feed_age)
     if result.state == "error":
         print(f"Scan error: {result.error}\nThe policy's action for errors is {pol.on_error!r}.")
     elif result.state == "unsupported":
@@ -205,6 +259,8 @@ def cmd_explain(args) -> int:
               " (not checked: kernel, service and partition rules do not apply to images)")
         if pol.min_score is not None and result.score is not None:
             print(f"  score {result.score:.1f} (minimum {pol.min_score:g})")
+        print("\n".join(explain_cves(result, pol, image=image, namespace=args.namespace,
+                                     today=today, feed_age_s=feed_age)))
     for w in verdict.warnings:
         print(f"warning: {w}")
     word = "ALLOW" if verdict.allowed else "DENY"

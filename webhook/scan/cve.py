@@ -134,6 +134,9 @@ def build_index(feed_path: str, index_path: str) -> dict:
             CREATE INDEX packages_name ON packages(name);
             CREATE INDEX closure_def ON closure(def);
             CREATE TABLE meta(k TEXT PRIMARY KEY, v TEXT);
+            CREATE TABLE trees(def TEXT PRIMARY KEY, tree TEXT);
+            CREATE TABLE tests(test TEXT PRIMARY KEY, info TEXT);
+            CREATE TABLE probe_closure(test TEXT, item TEXT);
         """)
         db.executemany("INSERT INTO items VALUES (?,?,?)",
                        ((i, it.kind, it.xml) for i, it in items.items()))
@@ -145,8 +148,10 @@ def build_index(feed_path: str, index_path: str) -> dict:
             pkgs += [(n, d) for n in names] if names is not None else [("", d)]
         db.executemany("INSERT INTO closure VALUES (?,?)", rows)
         db.executemany("INSERT INTO packages VALUES (?,?)", pkgs)
+        probes = _write_trees(db, [d for n, d in pkgs if not n], items)
         meta = {"version": INDEX_VERSION, "definitions": len(defs), "nsmap": nsmap,
-                "generator": generator.decode(), "always": sum(1 for n, _ in pkgs if not n)}
+                "generator": generator.decode(), "always": sum(1 for n, _ in pkgs if not n),
+                "probe_tests": probes}
         db.executemany("INSERT INTO meta VALUES (?,?)",
                        ((k, json.dumps(v)) for k, v in meta.items()))
         db.commit()
@@ -154,6 +159,104 @@ def build_index(feed_path: str, index_path: str) -> dict:
         db.close()
     os.replace(tmp, index_path)
     return meta
+
+
+PROBE_MIN_SHARE = 2     # a non-package test in this many package-independent definitions
+
+
+def _write_trees(db, always: list[str], items: dict[str, _Item]) -> list[str]:
+    """For the definitions every slice would keep (they can be true without a package: Red
+    Hat's "must be installed" criterion), their criteria as small trees and what each test
+    is, so a slice can drop those that cannot be true for an image once the tests they share
+    (the release checks: "probe" tests) are evaluated on it. Returns the probe tests."""
+    uses: dict[str, int] = {}
+    info: dict[str, dict] = {}
+    for d in always:
+        el = etree.fromstring(items[d].xml)
+        crit = el.find("{*}criteria")
+        tree = _tree(crit) if crit is not None else ["U"]
+        db.execute("INSERT INTO trees VALUES (?,?)", (d, json.dumps(tree)))
+        for tid in set(_tree_tests(tree)):
+            uses[tid] = uses.get(tid, 0) + 1
+            if tid not in info:
+                info[tid] = _test_info(tid, items)
+    db.executemany("INSERT INTO tests VALUES (?,?)",
+                   ((t, json.dumps(i)) for t, i in info.items()))
+    probes = sorted(t for t, n in uses.items()
+                    if n >= PROBE_MIN_SHARE and info[t]["pkg"] is None and t in items)
+    for t in probes:
+        db.executemany("INSERT INTO probe_closure VALUES (?,?)",
+                       ((t, m) for m in _closure(t, items)))
+    return probes
+
+
+def _tree(el) -> list:
+    """criteria → ["AND"|"OR"|"ONE"|"XOR", negate, [children]]; criterion → ["T", negate,
+    test id]; extend_definition → ["D", negate, definition id]."""
+    neg = el.get("negate") == "true"
+    local = _local(el.tag)
+    if local == "criterion":
+        return ["T", neg, el.get("test_ref", "")]
+    if local == "extend_definition":
+        return ["D", neg, el.get("definition_ref", "")]
+    kids = [_tree(k) for k in el if _local(k.tag) in ("criteria", "criterion",
+                                                      "extend_definition")]
+    return [el.get("operator", "AND"), neg, kids]
+
+
+def _tree_tests(tree: list):
+    if tree[0] == "T":
+        yield tree[2]
+    elif tree[0] not in ("D", "U"):
+        for k in tree[2]:
+            yield from _tree_tests(k)
+
+
+def _test_info(tid: str, items: dict[str, _Item]) -> dict:
+    """{"pkg": literal package names or None, "needs": a missing package makes it false}."""
+    it = items.get(tid)
+    if it is None:
+        return {"pkg": None, "needs": False}
+    el = etree.fromstring(it.xml)
+    obj = el.find("{*}object")
+    target = items.get(obj.get("object_ref", "")) if obj is not None else None
+    if target is None or target.local not in PACKAGE_OBJECTS:
+        return {"pkg": None, "needs": False}
+    names = _object_names(target, items)
+    return {"pkg": sorted(names) if names else None,
+            "needs": el.get("check_existence") in _NEEDS_ITEMS}
+
+
+def _value(tree: list, tests: dict, names: set[str], probe: dict[str, str],
+           trees: dict, depth: int = 0) -> str:
+    """Three-valued: "T", "F" or "U" (could be either) for an image with these packages and
+    these probe test results."""
+    kind, neg = tree[0], tree[1] if len(tree) > 1 else False
+    if kind == "U" or depth > 32:
+        v = "U"
+    elif kind == "T":
+        info = tests.get(tree[2]) or {"pkg": None, "needs": False}
+        r = probe.get(tree[2])
+        if r in ("true", "false"):
+            v = "T" if r == "true" else "F"
+        elif info["pkg"] is not None and info["needs"] and not names & set(info["pkg"]):
+            v = "F"
+        else:
+            v = "U"
+    elif kind == "D":
+        sub = trees.get(tree[2])
+        v = _value(sub, tests, names, probe, trees, depth + 1) if sub else "U"
+    else:
+        vals = [_value(k, tests, names, probe, trees, depth + 1) for k in tree[2]]
+        if kind == "AND":
+            v = "F" if "F" in vals else ("T" if vals and all(x == "T" for x in vals) else "U")
+        elif kind == "OR":
+            v = "T" if "T" in vals else ("F" if vals and all(x == "F" for x in vals) else "U")
+        else:
+            v = "U"
+    if neg and v != "U":
+        v = "F" if v == "T" else "T"
+    return v
 
 
 def _refs_of(el) -> list[str]:
@@ -287,15 +390,72 @@ class FeedIndex:
     def close(self) -> None:
         self._db.close()
 
-    def definitions_for(self, names: set[str]) -> list[str]:
-        """Every definition that can be true for an image with these packages."""
-        out = {d for (d,) in self._db.execute("SELECT def FROM packages WHERE name = ''")}
+    def definitions_for(self, names: set[str], probe: dict[str, str] | None = None) -> list[str]:
+        """Every definition that can be true for an image with these packages. Without probe
+        results every package-independent definition is kept; with them (test id → oscap's
+        result on this image) those that cannot be true are left out."""
+        always = [d for (d,) in self._db.execute("SELECT def FROM packages WHERE name = ''")]
+        if probe is not None and always:
+            trees = {d: json.loads(t) for d, t in self._db.execute("SELECT def, tree FROM trees")}
+            tests = {t: json.loads(i) for t, i in self._db.execute("SELECT test, info FROM tests")}
+            present = set(names)
+            always = [d for d in always if d not in trees
+                      or _value(trees[d], tests, present, probe, trees) != "F"]
+        out = set(always)
         names = sorted(names)
         for i in range(0, len(names), 500):
             chunk = names[i:i + 500]
             q = f"SELECT def FROM packages WHERE name IN ({','.join('?' * len(chunk))})"
             out.update(d for (d,) in self._db.execute(q, chunk))
         return sorted(out)
+
+    def probe_document(self) -> etree._Element | None:
+        """One inventory definition per probe test (with what it refers to), to learn their
+        results on an image in one oscap run; None when the feed has none."""
+        probes = self.meta.get("probe_tests") or []
+        if not probes:
+            return None
+        ids: set[str] = set()
+        for t in probes:
+            ids.update(x for (x,) in self._db.execute(
+                "SELECT item FROM probe_closure WHERE test = ?", (t,)))
+        root = self._root()
+        defs = etree.SubElement(root, f"{{{OVAL_DEF}}}definitions")
+        for n, t in enumerate(probes, 1):
+            d = etree.SubElement(defs, f"{{{OVAL_DEF}}}definition", {
+                "class": "inventory", "id": f"oval:{SLICE_NS}:def:{n}", "version": "1"})
+            meta = etree.SubElement(d, f"{{{OVAL_DEF}}}metadata")
+            etree.SubElement(meta, f"{{{OVAL_DEF}}}title").text = f"probe {t}"
+            etree.SubElement(meta, f"{{{OVAL_DEF}}}description").text = "scapgate slice probe"
+            crit = etree.SubElement(d, f"{{{OVAL_DEF}}}criteria")
+            etree.SubElement(crit, f"{{{OVAL_DEF}}}criterion", test_ref=t)
+        self._append_items(root, ids)
+        return root
+
+    def _root(self) -> etree._Element:
+        nsmap = {k or None: v for k, v in self.meta["nsmap"].items()}
+        root = etree.Element(f"{{{OVAL_DEF}}}oval_definitions", nsmap=nsmap)
+        if self.meta.get("generator"):
+            root.append(etree.fromstring(self.meta["generator"].encode()))
+        return root
+
+    def _append_items(self, root, ids: set[str]) -> None:
+        by_kind: dict[str, list[bytes]] = {k[:-1]: [] for k in SECTIONS}
+        ids_l = sorted(ids)
+        for i in range(0, len(ids_l), 500):
+            chunk = ids_l[i:i + 500]
+            q = f"SELECT kind, xml FROM items WHERE id IN ({','.join('?' * len(chunk))})"
+            for kind, xml in self._db.execute(q, chunk):
+                by_kind[kind].append(xml)
+        for section in SECTIONS:
+            blobs = by_kind[section[:-1]]
+            if not blobs:
+                continue
+            sec = root.find(f"{{{OVAL_DEF}}}{section}")
+            if sec is None:
+                sec = etree.SubElement(root, f"{{{OVAL_DEF}}}{section}")
+            for xml in blobs:
+                sec.append(etree.fromstring(xml, _PARSER))
 
     def all_definitions(self) -> list[str]:
         return [d for (d,) in self._db.execute("SELECT id FROM items WHERE kind='definition'")]
@@ -307,24 +467,8 @@ class FeedIndex:
             chunk = definitions[i:i + 500]
             q = f"SELECT item FROM closure WHERE def IN ({','.join('?' * len(chunk))})"
             ids.update(x for (x,) in self._db.execute(q, chunk))
-        by_kind: dict[str, list[bytes]] = {k[:-1]: [] for k in SECTIONS}
-        ids_l = sorted(ids)
-        for i in range(0, len(ids_l), 500):
-            chunk = ids_l[i:i + 500]
-            q = f"SELECT kind, xml FROM items WHERE id IN ({','.join('?' * len(chunk))})"
-            for kind, xml in self._db.execute(q, chunk):
-                by_kind[kind].append(xml)
-        nsmap = {k or None: v for k, v in self.meta["nsmap"].items()}
-        root = etree.Element(f"{{{OVAL_DEF}}}oval_definitions", nsmap=nsmap)
-        if self.meta.get("generator"):
-            root.append(etree.fromstring(self.meta["generator"].encode()))
-        for section in SECTIONS:
-            blobs = by_kind[section[:-1]]
-            if not blobs:
-                continue
-            sec = etree.SubElement(root, f"{{{OVAL_DEF}}}{section}")
-            for xml in blobs:
-                sec.append(etree.fromstring(xml, _PARSER))
+        root = self._root()
+        self._append_items(root, ids)
         return root
 
 
@@ -479,6 +623,13 @@ def parse_results(results_path: str, added: dict[str, str] | None = None) -> Eva
         raise FeedError("oscap wrote OVAL results without a system section")
     items = {i.get("id"): i for i in system.iterfind(f".//{{{OVAL_SC}}}system_data/*")}
     test_res = {t.get("test_id"): t for t in system.iterfind("r:tests/r:test", ns)}
+    for tid, t in tests_el.items():
+        res = test_res.get(tid)
+        if (res is not None and res.get("result") == "true" and t.get("check") == "none satisfy"
+                and "must be installed" in (t.get("comment") or "")):
+            raise FeedError(f"the feed does not apply to this image: its check "
+                            f"\"{t.get('comment')}\" is true (another distribution owns the "
+                            f"release file), and every definition would be true")
     findings, unevaluated, true = [], {}, set()
     for d in system.iterfind("r:definitions/r:definition", ns):
         did, result = d.get("definition_id"), d.get("result", "unknown")
@@ -486,6 +637,12 @@ def parse_results(results_path: str, added: dict[str, str] | None = None) -> Eva
         if defn is None or defn.get("class") not in ("vulnerability", "patch"):
             continue
         if result == "false":
+            continue
+        if _running_kernel(defn, tests_el):
+            # Decided by the running kernel: the node's, never the image's. Offline oscap
+            # drops the uname test (not applicable), so an unfixed kernel CVE would come back
+            # true for every image (measured): counted, never reported or hidden silently.
+            unevaluated["kernel"] = unevaluated.get("kernel", 0) + 1
             continue
         if result != "true":
             kind = _undecided_kind(defn, tests_el)
@@ -495,6 +652,20 @@ def parse_results(results_path: str, added: dict[str, str] | None = None) -> Eva
         findings += _findings_of(defn, tests_el, objects_el, states_el, test_res, items,
                                  added)
     return Evaluation(findings, unevaluated, len(defs_el), true)
+
+
+def _running_kernel(defn, tests_el) -> bool:
+    """A definition that tests the running kernel: a variable_test (Ubuntu's kernel version
+    computed from uname) or a uname_test with a state. Debian's stateless "architecture
+    independent" uname test is not one."""
+    for c in defn.iter(f"{{{OVAL_DEF}}}criterion"):
+        t = tests_el.get(c.get("test_ref"))
+        if t is None:
+            continue
+        local = _local(t.tag)
+        if local == "variable_test" or (local == "uname_test" and t.find("{*}state") is not None):
+            return True
+    return False
 
 
 def _undecided_kind(defn, tests_el) -> str:
@@ -600,6 +771,28 @@ def packages_of(root: str, package_db: str) -> Packages:
     return dpkg_packages(status)
 
 
+def _write(doc: etree._Element, path: str) -> None:
+    # Indented: oscap 1.3.7's OVAL reader segfaults on the same document without whitespace
+    # between elements (measured: SIGSEGV; pretty-printed, it evaluates).
+    etree.ElementTree(doc).write(path, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def _probe(index: FeedIndex, work: str, env: dict, settings) -> dict[str, str]:
+    """oscap's result on this image for each probe test of the feed (one short run)."""
+    from . import oscap
+    doc = index.probe_document()
+    path = os.path.join(work, "cve-probe.xml")
+    _write(doc, path)
+    results = os.path.join(work, "cve-probe-results.xml")
+    proc = oscap._run(["oscap", "oval", "eval", "--skip-valid", "--results", results, path],
+                      env, settings.timeout_s, "oscap oval eval (CVE feed probe)", work)
+    if proc.returncode != 0 or not os.path.exists(results):
+        raise oscap.failure("oscap oval eval of the CVE feed's release checks", proc)
+    tree = etree.parse(results, _PARSER)
+    return {t.get("test_id"): t.get("result", "unknown") for t in tree.iterfind(
+        f".//{{{OVAL_RES}}}results/{{{OVAL_RES}}}system/{{{OVAL_RES}}}tests/{{{OVAL_RES}}}test")}
+
+
 def evaluate(root: str, work: str, index: FeedIndex, *, kind: str, package_db: str,
              arch: str = "", settings=None, whole: bool = False) -> Evaluation:
     """Evaluate the feed's slice for this root's packages with `oscap oval eval` (whole=True:
@@ -608,19 +801,20 @@ def evaluate(root: str, work: str, index: FeedIndex, *, kind: str, package_db: s
     from . import oscap
     settings = settings or oscap.OscapSettings()
     packages = packages_of(root, package_db)
-    defs = index.all_definitions() if whole else index.definitions_for(packages.match_names())
+    rpm_db = package_db.removeprefix("rpm:") if package_db.startswith("rpm:") else ""
+    env = oscap._env(root, work, arch, rpm_db)
+    if whole:
+        defs = index.all_definitions()
+    else:
+        probe = _probe(index, work, env, settings) if index.meta.get("probe_tests") else None
+        defs = index.definitions_for(packages.match_names(), probe)
     doc = index.document(defs)
     added = map_sources(doc, packages) if kind == "debian" else {}
     if kind == "redhat" or package_db.startswith("rpm:"):
         accept_unreadable_key(doc)
     slice_path = os.path.join(work, "cve-definitions.xml")
-    # Indented: oscap 1.3.7's OVAL reader segfaults on the same document without whitespace
-    # between elements (measured: SIGSEGV; pretty-printed, it evaluates).
-    etree.ElementTree(doc).write(slice_path, xml_declaration=True, encoding="UTF-8",
-                                 pretty_print=True)
+    _write(doc, slice_path)
     del doc
-    rpm_db = package_db.removeprefix("rpm:") if package_db.startswith("rpm:") else ""
-    env = oscap._env(root, work, arch, rpm_db)
     results = os.path.join(work, "cve-results.xml")
     proc = oscap._run(["oscap", "oval", "eval", "--skip-valid", "--results", results,
                        slice_path], env, settings.timeout_s, "oscap oval eval (CVE feed)", work)

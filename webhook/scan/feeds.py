@@ -18,11 +18,13 @@ from __future__ import annotations
 import bz2
 import fcntl
 import hashlib
+import http.client
 import json
 import lzma
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 import time
 import urllib.error
@@ -93,7 +95,7 @@ class FeedStatus:
 
     @property
     def kind(self) -> str:
-        return KIND.get(self.product, "")
+        return kind_of(self.product)
 
 
 @dataclass
@@ -199,7 +201,8 @@ class FeedStore:
             try:
                 result = self._update(pdir, st, source, force)
             except (FeedError, OSError, ValueError, urllib.error.URLError, EOFError,
-                    lzma.LZMAError, zlib.error) as e:
+                    lzma.LZMAError, zlib.error, http.client.HTTPException,
+                    sqlite3.Error) as e:
                 st.failures += 1
                 st.last_error = f"{type(e).__name__}: {e}"[:500] if not isinstance(
                     e, FeedError) else str(e)[:500]
@@ -215,8 +218,9 @@ class FeedStore:
             raw = os.path.join(tmp, "download")
             fetched = self._fetch(source, raw, st if same_source else None)
             now = time.time()
-            if fetched is None:                       # 304 Not Modified
-                st.checked_at, st.as_of, st.failures, st.last_error = now, now, 0, ""
+            if fetched is None or fetched[0] is None:   # 304 Not Modified / same file
+                as_of = fetched[2] if fetched is not None else now
+                st.checked_at, st.as_of, st.failures, st.last_error = now, as_of, 0, ""
                 self._write_meta(pdir, st)
                 return UpdateResult(st.product, "unchanged", "not modified", st)
             etag, last_modified, as_of = fetched
@@ -257,9 +261,15 @@ class FeedStore:
                     return None
                 raise FeedError(f"{source}: HTTP {e.code} {e.reason}") from e
             deadline = time.monotonic() + self.timeout_s
+            sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
             with resp, open(dest, "wb") as out:
                 total = 0
-                while chunk := resp.read(CHUNK):
+                while True:
+                    if sock is not None:     # a trickling server cannot hold us past deadline
+                        sock.settimeout(max(0.1, deadline - time.monotonic()))
+                    chunk = resp.read1(64 << 10)
+                    if not chunk:
+                        break
                     total += len(chunk)
                     if total > self.max_bytes:
                         raise FeedError(f"{source}: larger than {self.max_bytes} bytes")
@@ -277,7 +287,7 @@ class FeedStore:
             raise FeedError(f"{path}: larger than {self.max_bytes} bytes")
         mtime = os.path.getmtime(path)
         if known is not None and known.etag == f"file:{size}:{mtime}":
-            return None
+            return None, "", mtime               # unchanged: its age is still the file's
         shutil.copyfile(path, dest)
         return f"file:{size}:{mtime}", "", mtime
 

@@ -49,6 +49,8 @@ class PipelineSettings:
     cves: bool = True                               # evaluate the product's kept CVE feed
     packages_bytes: int = 1 << 30                   # package databases kept for re-judging
     feeds_dir: str = ""                             # "" = state_dir (scan --cve-feed: its own)
+    cve_feed_max_bytes: int = 1 << 30               # a feed larger than this is refused
+    cve_fetch_timeout_s: float = 300.0              # one feed download
 
 
 class Stages:
@@ -81,7 +83,9 @@ class Pipeline:
         self._layout_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self.cache = OciCache(settings.state_dir, settings.oci_cache_bytes)
-        self.feeds = FeedStore(settings.feeds_dir or settings.state_dir)
+        self.feeds = FeedStore(settings.feeds_dir or settings.state_dir,
+                               max_bytes=settings.cve_feed_max_bytes,
+                               timeout_s=settings.cve_fetch_timeout_s)
         self.packages = PackageStore(settings.state_dir, settings.packages_bytes)
 
     def oscap_version(self) -> str:

@@ -114,6 +114,14 @@ true
   value: {{ $c.reportsBytes | int64 | quote }}
 - name: SCAPGATE_REPORT_URL
   value: {{ $c.reportUrl | quote }}
+{{- $feeds := list }}
+{{- range $product, $source := .Values.cves.feeds }}{{ $feeds = append $feeds (printf "%s=%s" $product $source) }}{{ end }}
+- name: SCAPGATE_CVE_FEEDS
+  value: {{ ternary (join "," $feeds) "off" .Values.cves.enabled | quote }}
+- name: SCAPGATE_CVE_REFRESH_S
+  value: {{ .Values.cves.refreshSeconds | quote }}
+- name: SCAPGATE_CVE_FEED_MAX_BYTES
+  value: {{ .Values.cves.maxFeedBytes | int64 | quote }}
 {{- if .Values.registries.authSecret }}
 - name: SCAPGATE_AUTH_FILE
   value: /etc/scapgate/registry-auth/config.json
@@ -182,6 +190,10 @@ true
         path: {{ $host }}/ca.crt
 {{- end }}
 {{- end }}
+{{- with .Values.cves.volume }}
+- name: cve-feeds
+{{ toYaml . | indent 2 }}
+{{- end }}
 {{- if .Values.registries.registriesConf }}
 - name: registries-conf
   configMap:
@@ -214,6 +226,11 @@ true
 {{- if .Values.registries.cas }}
 - name: registry-cas
   mountPath: /etc/scapgate/certs.d
+  readOnly: true
+{{- end }}
+{{- if .Values.cves.volume }}
+- name: cve-feeds
+  mountPath: /etc/scapgate/feeds
   readOnly: true
 {{- end }}
 {{- if .Values.registries.registriesConf }}
