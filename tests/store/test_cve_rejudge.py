@@ -24,7 +24,8 @@ from webhook.scan import engine
 from webhook.scan.images import parse
 from webhook.scan.results import ScanResult, cve_key
 from webhook.store.backends import open_store
-from webhook.store.cves import rejudge
+from webhook.scan.feeds import FeedStore
+from webhook.store.cves import FeedBoard, rejudge
 
 SHADOW_FIX = "1:4.13+dfsg1-1+deb12u1"          # above the image's 1:4.13+dfsg1-1+b1
 POLICY = """\
@@ -130,6 +131,10 @@ def test_a_new_feed_changes_a_known_images_verdict_with_the_registry_stopped(
     assert "updated" in proc.stdout and "re-judged 1 image(s)" in proc.stdout
     new = pipeline.feeds.current("debian12", recheck_s=0)
     assert new.sha256 != first.status.sha256
+    # what every replica's admission reads: the feed in force, published in the shared store
+    # (a webhook pod with a state dir of its own, no feeds in it)
+    board = FeedBoard(open_store("", settings.state_dir), FeedStore(str(tmp_path / "elsewhere")))
+    assert board.current_for("debian12").sha256 == new.sha256
     body = store.get(cve_key(digest, "debian12", new.sha256, pipeline.scanner_version()).id())
     assert body is not None
     judged = ScanResult.from_json(body)
@@ -144,3 +149,48 @@ def test_a_new_feed_changes_a_known_images_verdict_with_the_registry_stopped(
     assert ScanResult.from_json(latest).feed["sha256"] == new.sha256
     again = rejudge("debian12", pipeline, store)
     assert (again.judged, again.already) == (0, 1)
+
+
+RHEL_POLICY = """\
+apiVersion: scapgate.io/v1
+kind: ImagePolicy
+metadata: {name: rhel-cves, owner: test, description: Red Hat advisories of severity high deny}
+spec:
+  default: true
+  content:
+    products:
+      rhel: {profile: cis_server_l1}
+  rules: {denySeverity: none}
+  cves: {denySeverity: high, fixedOnly: true, maxFeedAge: 2d, staleFeed: deny}
+"""
+
+
+def test_scan_of_an_rpm_image_lists_red_hat_advisories_with_severity(
+        tmp_path, registry, scap_datastream):
+    """The RHEL 9 test root (rpmbuild + rpm --root: unsigned packages, so oscap reads key id
+    "0"): an Important advisory for its `setup` 2.13.7-10.el9 is found and denies (high), a
+    Moderate one is listed and not enforced, one for a package it lacks is absent."""
+    from tests.builders import distros
+    img = distros.rpm_root("good")
+    ref = registry.push(img.layout, img.tag, "cve/rhel9:1")
+    (tmp_path / "p.yaml").write_text(RHEL_POLICY)
+    feed = F.compress(F.redhat_feed("9", [
+        F.Advisory("RHSA-2026:2001", (("setup", "2.13.7-11.el9"),), severity="Important",
+                   title="setup security update", cves=("CVE-2026-6001",)),
+        F.Advisory("RHSA-2026:2002", (("filesystem", "3.16-3.el9"),), severity="Moderate",
+                   title="filesystem update"),
+        F.Advisory("RHSA-2026:2003", (("openssl-libs", "1:3.0.7-27.el9"),),
+                   severity="Critical", title="openssl security update")]), "xz")
+    (tmp_path / "rhel-9.oval.xml.xz").write_bytes(feed)
+    env = {"SCAPGATE_STATE_DIR": str(tmp_path / "state"),
+           "SCAPGATE_INSECURE_REGISTRIES": registry.host, "SCAPGATE_CVE_FEEDS": "off"}
+    proc = scapgate("scan", ref, "--policy", str(tmp_path / "p.yaml"), "--json",
+                    "--cve-feed", f"rhel9={tmp_path / 'rhel-9.oval.xml.xz'}", env=env)
+    assert proc.returncode == 1, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["product"] == "rhel9"
+    assert [(c["id"], c["package"], c["installed"], c["fixed"], c["severity"], c["cves"])
+            for c in out["cves"]] == [
+        ("RHSA-2026:2001", "setup", "2.13.7-10.el9", "2.13.7-11.el9", "high", ["CVE-2026-6001"]),
+        ("RHSA-2026:2002", "filesystem", "3.16-2.el9", "3.16-3.el9", "medium", [])]
+    assert [r["id"] for r in out["verdict"]["reasons"]] == ["RHSA-2026:2001"]

@@ -454,8 +454,10 @@ class FeedIndex:
             sec = root.find(f"{{{OVAL_DEF}}}{section}")
             if sec is None:
                 sec = etree.SubElement(root, f"{{{OVAL_DEF}}}{section}")
-            for xml in blobs:
-                sec.append(etree.fromstring(xml, _PARSER))
+            # one parse of all the section's items (each kept with its own namespace
+            # declarations) instead of one per item: a third of the time
+            wrapper = etree.fromstring(b"<w>" + b"".join(blobs) + b"</w>", _PARSER)
+            sec.extend(list(wrapper))
 
     def all_definitions(self) -> list[str]:
         return [d for (d,) in self._db.execute("SELECT id FROM items WHERE kind='definition'")]
@@ -522,17 +524,21 @@ class _Ids:
 
 
 def map_sources(doc: etree._Element, packages: Packages) -> dict[str, str]:
-    """Debian's trap: replace each criterion testing a dpkginfo object named after a SOURCE
-    package by an OR of the same test on every installed binary built from it. Returns
-    added test id → original test id (so findings name the feed's package)."""
+    """Debian's trap: a dpkginfo test of an object named after a SOURCE package tests, instead,
+    every installed binary built from it: its object becomes one named by a constant variable
+    of those binaries (var_check "at least one", the shape Ubuntu's feeds use) and the test
+    holds when at least one of them is below the fix (check "at least one"). One object per
+    source, shared by all its tests: oscap collects each binary once. Test ids are kept, so
+    criteria need no change. Returns test id → the source it names (findings name both)."""
     ns = {"d": OVAL_DEF}
     tests_sec = doc.find("d:tests", ns)
     objects_sec = doc.find("d:objects", ns)
     if tests_sec is None or objects_sec is None:
         return {}
     objects = {o.get("id"): o for o in objects_sec}
-    ids, added, mapped_tests = _Ids(), {}, {}
-    for test in list(tests_sec):
+    ids, sourced, by_source = _Ids(), {}, {}
+    variables = None
+    for test in tests_sec:
         if _local(test.tag) != "dpkginfo_test":
             continue
         ref = test.find("{*}object")
@@ -545,34 +551,27 @@ def map_sources(doc: etree._Element, packages: Packages) -> dict[str, str]:
         binaries = packages.sources.get(source, set())
         if not binaries or binaries == {source}:
             continue
-        new_tests = []
-        for binary in sorted(binaries):
-            o = etree.fromstring(etree.tostring(obj))
-            o.set("id", ids.next("obj"))
-            o.find("{*}name").text = binary
-            o.set("comment", f"{binary} (built from source {source})")
-            objects_sec.append(o)
-            t = etree.fromstring(etree.tostring(test))
-            t.set("id", ids.next("tst"))
-            t.find("{*}object").set("object_ref", o.get("id"))
-            tests_sec.append(t)
-            added[t.get("id")] = test.get("id")
-            new_tests.append(t.get("id"))
-        mapped_tests[test.get("id")] = new_tests
-    if not mapped_tests:
-        return {}
-    for crit in doc.iter(f"{{{OVAL_DEF}}}criterion"):
-        new = mapped_tests.get(crit.get("test_ref"))
-        if not new:
-            continue
-        alt = etree.Element(f"{{{OVAL_DEF}}}criteria", operator="OR")
-        if crit.get("negate"):
-            alt.set("negate", crit.get("negate"))
-        for tid in new:
-            etree.SubElement(alt, f"{{{OVAL_DEF}}}criterion", test_ref=tid,
-                             comment=f"{crit.get('comment', '')} (binary of the source)")
-        crit.getparent().replace(crit, alt)
-    return added
+        oid = by_source.get(source)
+        if oid is None:
+            if variables is None:
+                variables = doc.find("d:variables", ns)
+                if variables is None:
+                    variables = etree.SubElement(doc, f"{{{OVAL_DEF}}}variables")
+            var = etree.SubElement(variables, f"{{{OVAL_DEF}}}constant_variable", {
+                "id": ids.next("var"), "version": "1", "datatype": "string",
+                "comment": f"installed binaries built from source {source}"})
+            for binary in sorted(binaries):
+                etree.SubElement(var, f"{{{OVAL_DEF}}}value").text = binary
+            o = etree.SubElement(objects_sec, obj.tag, {
+                "id": ids.next("obj"), "version": "1",
+                "comment": f"binaries of source {source}"})
+            etree.SubElement(o, name_el.tag, {"var_ref": var.get("id"),
+                                              "var_check": "at least one"})
+            oid = by_source[source] = o.get("id")
+        ref.set("object_ref", oid)
+        test.set("check", "at least one")
+        sourced[test.get("id")] = source
+    return sourced
 
 
 def accept_unreadable_key(doc: etree._Element) -> int:
@@ -606,11 +605,11 @@ def _strip_epoch(evr: str) -> str:
     return evr[2:] if evr.startswith("0:") else evr
 
 
-def parse_results(results_path: str, added: dict[str, str] | None = None) -> Evaluation:
+def parse_results(results_path: str, sourced: dict[str, str] | None = None) -> Evaluation:
     """Findings from an `oscap oval eval --results` file: one per true definition and
     vulnerable package, with the installed version (the item oscap collected), the fixed
     version (the state's "less than" value) and the feed's severity."""
-    added = added or {}
+    sourced = sourced or {}
     tree = etree.parse(results_path, _PARSER)
     ns = {"d": OVAL_DEF, "r": OVAL_RES}
     root = tree.getroot()
@@ -650,7 +649,7 @@ def parse_results(results_path: str, added: dict[str, str] | None = None) -> Eva
             continue
         true.add(did)
         findings += _findings_of(defn, tests_el, objects_el, states_el, test_res, items,
-                                 added)
+                                 sourced)
     return Evaluation(findings, unevaluated, len(defs_el), true)
 
 
@@ -680,7 +679,7 @@ def _undecided_kind(defn, tests_el) -> str:
     return "other"
 
 
-def _findings_of(defn, tests_el, objects_el, states_el, test_res, items, added) -> list:
+def _findings_of(defn, tests_el, objects_el, states_el, test_res, items, sourced) -> list:
     meta = defn.find(f"{{{OVAL_DEF}}}metadata")
     title = (meta.findtext(f"{{{OVAL_DEF}}}title") or "").strip() if meta is not None else ""
     refs = [r for r in meta.iterfind(f"{{{OVAL_DEF}}}reference")] if meta is not None else []
@@ -715,11 +714,7 @@ def _findings_of(defn, tests_el, objects_el, states_el, test_res, items, added) 
             continue   # a release or signature test; a test with no state: present, unfixed
         obj = objects_el.get((test.find("{*}object") if test.find("{*}object") is not None
                               else etree.Element("x")).get("object_ref", ""))
-        feed_pkg = ""
-        orig = tests_el.get(added.get(tid, ""))
-        if orig is not None:
-            oobj = objects_el.get(orig.find("{*}object").get("object_ref"))
-            feed_pkg = (oobj.findtext("{*}name") or "") if oobj is not None else ""
+        feed_pkg = sourced.get(tid, "")
         for ti in res.iterfind(f"{{{OVAL_RES}}}tested_item"):
             if refs_st and ti.get("result") != "true":
                 continue        # (a test without a state: every item found counts)
@@ -809,7 +804,7 @@ def evaluate(root: str, work: str, index: FeedIndex, *, kind: str, package_db: s
         probe = _probe(index, work, env, settings) if index.meta.get("probe_tests") else None
         defs = index.definitions_for(packages.match_names(), probe)
     doc = index.document(defs)
-    added = map_sources(doc, packages) if kind == "debian" else {}
+    sourced = map_sources(doc, packages) if kind == "debian" else {}
     if kind == "redhat" or package_db.startswith("rpm:"):
         accept_unreadable_key(doc)
     slice_path = os.path.join(work, "cve-definitions.xml")
@@ -821,6 +816,6 @@ def evaluate(root: str, work: str, index: FeedIndex, *, kind: str, package_db: s
     if proc.returncode != 0 or not os.path.exists(results):
         raise oscap.failure("oscap oval eval of the CVE feed", proc)
     try:
-        return parse_results(results, added)
+        return parse_results(results, sourced)
     except etree.XMLSyntaxError as e:
         raise FeedError(f"oscap wrote unreadable OVAL results: {e}") from e

@@ -61,7 +61,7 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
         report_url=settings.report_url, policy_root=settings.policy,
         break_glass_controllers=frozenset(settings.break_glass_controllers),
         memo_s=settings.decision_memo_s,
-        feeds=_feeds_of(pipeline, settings))
+        feeds=_feeds_of(pipeline, service, settings))
     logs.setup()
     app = Flask("webhook")
     app.extensions["scapgate"] = deps
@@ -69,10 +69,17 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
     return app
 
 
-def _feeds_of(pipeline, settings: Settings):
-    """product → its CVE feed in force, from the state dir the workers keep feeds in."""
-    feeds = getattr(pipeline, "feeds", None)
-    return feeds.current_for if feeds is not None and settings.cve_feeds != ("off",) else None
+def _feeds_of(pipeline, service, settings: Settings):
+    """product → its CVE feed in force, as the scan workers publish it in the shared store
+    (webhook pods of an HA install keep no feeds), else from this state dir."""
+    if settings.cve_feeds == ("off",):
+        return None
+    from ..store.cves import FeedBoard
+    store = getattr(service, "store", None)
+    local = getattr(pipeline, "feeds", None)
+    if store is None:
+        return local.current_for if local is not None else None
+    return FeedBoard(store, local).current_for
 
 
 def _policy_source(policies, settings: Settings):

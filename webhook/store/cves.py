@@ -16,9 +16,11 @@ goes on from what is stored.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
-import sys
+import json
 import logging
+import sys
 import os
 import shutil
 import tempfile
@@ -26,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..scan.feeds import FeedStore, sources
+from ..scan.feeds import ANY, FeedStatus, FeedStore, sources
 from ..scan.results import ScanResult, cve_key
 from .base import Store, StoreUnavailable
 from .metrics import FEED_AGE, FEED_FAILURES, FEED_LAST_SUCCESS, REJUDGE_SECONDS, child
@@ -108,6 +110,63 @@ def rejudge(product: str, pipeline, store: Store, *, limit: int | None = None,
     return report
 
 
+STATUS_PREFIX = "feed-status:"
+
+
+def publish(store: Store, feeds: FeedStore) -> int:
+    """Put every kept feed's status in the shared store, where admission processes of every
+    replica read which feed is in force (a webhook pod keeps no feeds of its own)."""
+    n = 0
+    for product in feeds.products():
+        st = feeds.status(product)
+        if st.sha256:
+            store.put(STATUS_PREFIX + product, json.dumps(dataclasses.asdict(st)),
+                      scanned_at=st.checked_at)
+            n += 1
+    return n
+
+
+class FeedBoard:
+    """product → the feed in force as the workers last published it, re-read from the shared
+    store at most every ttl_s (asked for every image of every admission); the local feed
+    store answers when the shared one has nothing (a feed updated by hand, not yet published).
+    """
+
+    def __init__(self, store: Store, local: FeedStore | None = None, ttl_s: float = 5.0,
+                 clock=time.monotonic):
+        self.store, self.local, self.ttl_s, self.clock = store, local, ttl_s, clock
+        self._cache: dict[str, tuple[float, FeedStatus | None]] = {}
+        self._lock = threading.Lock()
+
+    def _read(self, product: str) -> FeedStatus | None:
+        now = self.clock()
+        with self._lock:
+            hit = self._cache.get(product)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        st = None
+        try:
+            body = self.store.get(STATUS_PREFIX + product)
+            if body:
+                d = json.loads(body)
+                st = FeedStatus(**{k: v for k, v in d.items()
+                                   if k in FeedStatus.__dataclass_fields__})
+        except (StoreUnavailable, ValueError, TypeError):
+            st = None
+        if st is None and self.local is not None:
+            st = self.local.current(product)
+        with self._lock:
+            if len(self._cache) > 256:
+                self._cache.clear()
+            self._cache[product] = (now + self.ttl_s, st)
+        return st
+
+    def current_for(self, product: str) -> FeedStatus | None:
+        if not product:
+            return None
+        return self._read(product) or self._read(ANY)
+
+
 def export_feed_metrics(feeds: FeedStore, now: float | None = None) -> None:
     now = now or time.time()
     for product in feeds.products():
@@ -142,6 +201,10 @@ class FeedKeeper:
                 rejudge(product, self.pipeline, self.store, stop=stop)
             except StoreUnavailable as e:
                 log.warning("cves.rejudge_failed product=%s: %s", product, e)
+        try:
+            publish(self.store, self.pipeline.feeds)
+        except StoreUnavailable as e:
+            log.warning("feeds.publish_failed: %s", e)
         export_feed_metrics(self.pipeline.feeds)
         return out
 
@@ -241,6 +304,7 @@ def cmd_update(args) -> int:
             continue
         store = open_store(settings.store, settings.state_dir)
         try:
+            publish(store, pipeline.feeds)
             rep = rejudge(product, pipeline, store)
         finally:
             store.close()
