@@ -273,7 +273,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SCAPGATE_")
                and k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update({"SCAPGATE_CONTENT_DIR": str(imagebuild.content_dir()),
-                    "SCAPGATE_WORKERS": "2", "PYTHONUNBUFFERED": "1", **self.extra_env})
+                    "SCAPGATE_WORKERS": "2", "PYTHONUNBUFFERED": "1",
+                    "SCAPGATE_CVE_FEEDS": "off",      # never the vendors' servers from tests
+                    **self.extra_env})
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(

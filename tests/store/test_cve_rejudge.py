@@ -194,3 +194,13 @@ def test_scan_of_an_rpm_image_lists_red_hat_advisories_with_severity(
         ("RHSA-2026:2001", "setup", "2.13.7-10.el9", "2.13.7-11.el9", "high", ["CVE-2026-6001"]),
         ("RHSA-2026:2002", "filesystem", "3.16-2.el9", "3.16-3.el9", "medium", [])]
     assert [r["id"] for r in out["verdict"]["reasons"]] == ["RHSA-2026:2001"]
+    # the advisory's CVE waived: allowed, and the output says by whom until when
+    (tmp_path / "p.yaml").write_text(RHEL_POLICY + """\
+  waivers:
+    - {rule: CVE-2026-6001, reason: setup's files are replaced at build, owner: team-b,
+       ticket: SEC-7, expires: "2099-12-31"}
+""")
+    proc = scapgate("scan", ref, "--policy", str(tmp_path / "p.yaml"),
+                    "--cve-feed", f"rhel9={tmp_path / 'rhel-9.oval.xml.xz'}", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "waived:  RHSA-2026:2001 by team-b (SEC-7) until 2099-12-31" in proc.stdout
