@@ -248,8 +248,19 @@ def test_defaults(helm):
 
 def test_webhook_configuration(helm):
     docs = render(helm)
-    (hook,) = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
-    assert hook["sideEffects"] == "None"
+    hook, delete = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert hook["sideEffects"] == "NoneOnDryRun"          # admitted objects are recorded
+    # DELETEs only remove inventory entries: Ignore, short, never blocking a deletion
+    assert (delete["name"], delete["failurePolicy"], delete["timeoutSeconds"],
+            delete["sideEffects"]) == ("inventory.images.scapgate.io", "Ignore", 2,
+                                       "NoneOnDryRun")
+    assert all(rule["operations"] == ["DELETE"] for rule in delete["rules"])
+    for key in ("namespaceSelector", "clientConfig", "admissionReviewVersions"):
+        assert delete[key] == hook[key], key
+    assert [r["resources"] for r in delete["rules"]] == [r["resources"] for r in hook["rules"]]
+    (alone,) = find(render(helm, "--set", "inventory.enabled=false"),
+                    "ValidatingWebhookConfiguration")["webhooks"]
+    assert alone["sideEffects"] == "None"
     assert hook["admissionReviewVersions"] == ["v1"]
     assert hook["failurePolicy"] == "Fail" and hook["timeoutSeconds"] == 10
     rules = {(g, r) for rule in hook["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
@@ -271,11 +282,12 @@ def test_digest_pinning_is_optional_and_shares_the_validating_scope(helm):
     assert not [d for d in render(helm) if d["kind"] == "MutatingWebhookConfiguration"]
     docs = render(helm, "--set", "webhook.pinDigests.enabled=true",
                   "--set", "webhook.excludeNamespaces[0]=monitoring")
-    (validate,) = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    validate = find(docs, "ValidatingWebhookConfiguration")["webhooks"][0]
     (pin,) = find(docs, "MutatingWebhookConfiguration", f"{FULLNAME}-pin")["webhooks"]
     assert pin["clientConfig"]["service"]["path"] == "/mutate"
     assert (pin["failurePolicy"], pin["reinvocationPolicy"]) == ("Ignore", "IfNeeded")
-    for key in ("namespaceSelector", "rules", "sideEffects", "timeoutSeconds",
+    assert pin["sideEffects"] == "None"                   # pinning records nothing
+    for key in ("namespaceSelector", "rules", "timeoutSeconds",
                 "admissionReviewVersions"):
         assert pin[key] == validate[key], key
     assert pin["clientConfig"]["caBundle"] == validate["clientConfig"]["caBundle"]
@@ -288,7 +300,7 @@ def test_webhook_values_reach_the_configuration(helm):
     docs = render(helm, "--set", "webhook.failurePolicy=Ignore", "--set",
                   "webhook.timeoutSeconds=30", "--set", "webhook.excludeNamespaces[0]=monitoring",
                   "--set", "webhook.excludeNamespaces[1]=kube-system")
-    (hook,) = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    hook = find(docs, "ValidatingWebhookConfiguration")["webhooks"][0]
     assert (hook["failurePolicy"], hook["timeoutSeconds"]) == ("Ignore", 30)
     values = hook["namespaceSelector"]["matchExpressions"][0]["values"]
     assert values == ["kube-system", NAMESPACE, "monitoring"]
@@ -516,7 +528,8 @@ def test_generated_certificate_and_redis_password_survive_upgrades(helm, tmp_pat
 def webhook_endpoint(docs: list[dict]) -> dict:
     """Everything kube-apiserver takes from the rendered objects to call the webhook, and the
     pod port that Service port leads to (the chain VWC → Service → Pod must be unbroken)."""
-    (hook,) = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    hook, delete = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert delete["clientConfig"] == hook["clientConfig"]
     ref = hook["clientConfig"]["service"]
     svc = find(docs, "Service", ref["name"])
     assert svc["metadata"]["namespace"] == ref["namespace"]

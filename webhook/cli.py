@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each module adds its own subcommands through `register(subparsers)`.
 COMMAND_MODULES: list[str] = ["webhook.serve.server", "webhook.store.worker", "webhook.policy.cli",
-                               "webhook.store.cves"]
+                               "webhook.store.cves", "webhook.serve.inventory"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,6 +63,9 @@ class Settings:
     cve_rejudge_poll_s: float = 30.0    # how often workers look for images the current feed
                                         # has not judged yet
     packages_bytes: int = 1 << 30       # package databases kept per image for re-judging
+    inventory: bool = True              # record admitted objects (and DELETEs) in the store
+    inventory_rejudge_s: float = 30.0   # how often webhook processes look whether policies,
+                                        # content or the day changed (then judge it again)
     # -- admission webhook (scapgate serve) --
     bind: str = "127.0.0.1:8443"        # host:port; in a cluster 0.0.0.0:8443 behind the Service
     tls_cert: str = ""                  # PEM serving certificate (reloaded when the file changes)

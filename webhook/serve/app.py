@@ -19,6 +19,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import policy as policy_mod
+from ..admission import inventory as inventory_mod
 from ..admission import review
 from ..admission.budget import Budget, Estimate
 from ..admission.decide import decide
@@ -65,6 +66,10 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
     logs.setup()
     app = Flask("webhook")
     app.extensions["scapgate"] = deps
+    store = getattr(service, "store", None)
+    if settings.inventory and settings.inventory_rejudge_s > 0 and hasattr(store, "inv_list"):
+        from .judge import InventoryJudge
+        InventoryJudge(store, deps, interval_s=settings.inventory_rejudge_s).start()
     _routes(app, deps, settings, status)
     return app
 
@@ -98,6 +103,9 @@ def _policy_source(policies, settings: Settings):
 
 
 def _routes(app: Flask, deps: Deps, settings: Settings, policy_status) -> None:
+    store = getattr(deps.service, "store", None)
+    inventory = store if settings.inventory and hasattr(store, "inv_put") else None
+
     @app.route("/validate", methods=METHODS, provide_automatic_options=False)
     def validate():
         t0 = time.perf_counter()
@@ -108,8 +116,9 @@ def _routes(app: Flask, deps: Deps, settings: Settings, policy_status) -> None:
         seconds = time.perf_counter() - t0
         resp = Response(orjson.dumps(review.encode(req["uid"], decision.response)),
                         mimetype="application/json")
-        # Metrics and the log line run once the answer is written: off the apiserver's clock.
-        resp.call_on_close(lambda: _account(req, decision, seconds))
+        # Metrics, the log line and the inventory entry run once the answer is written: off
+        # the apiserver's clock, never changing the answer.
+        resp.call_on_close(lambda: _account(req, decision, seconds, inventory))
         return resp
 
     @app.route("/mutate", methods=METHODS, provide_automatic_options=False)
@@ -203,13 +212,16 @@ def _decide(req, deps: Deps, budget: Budget) -> Decision:
             "error", "internal")
 
 
-def _account(req, decision: Decision, seconds: float) -> None:
-    """Metrics and the decision log line; neither may turn an answer into a 500."""
+def _account(req, decision: Decision, seconds: float, inventory=None) -> None:
+    """Metrics, the decision log line and the inventory entry; none may turn an answer into a
+    500 (the answer is written already)."""
     try:
         metrics.observe(decision, seconds)
         logs.log_decision(logs.record(req, decision, seconds * 1000))
     except Exception:
         log.exception("could not log or count the decision for uid %s", req.get("uid"))
+    if inventory is not None:
+        inventory_mod.record(inventory, req, decision, time.time())
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)(ns|us|µs|ms|s|m|h)")

@@ -161,3 +161,10 @@ def log_pinned(req: dict, answer: dict, seconds: float) -> None:
         "pinned": [_cut(x, 600) for x in pinned.split(",")[:64]] if pinned else [],
         "warnings": answer.get("warnings", []),
         "duration_ms": round(seconds * 1000, 2)})
+
+
+def event(name: str, fields: dict) -> None:
+    """One JSON line for an event that is not a decision (inventory.changed, …)."""
+    _emit({"event": name,
+           "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
+           **fields})

@@ -10,6 +10,11 @@ give the same guarantees, and one test suite runs against both:
 - a claim carries a lease that expires unless renewed, so a dead worker's job is claimed again;
 - transient failures go back to the queue with exponential backoff, a bounded number of times.
 
+The inventory (what admission let in and has not seen deleted) lives here too: one entry per
+object key with its namespace, its owner's key ('' for a top-level workload) and an opaque body.
+It is written one entry at a time by admission and replaced whole, all or nothing, by a
+reconcile (`inv_replace`).
+
 Values are opaque text (JSON); scans.py turns them into Jobs and ScanResults. One column (SQLite)
 or sorted set (Redis) named `due` serves both queue states: for a ready job it is when it may be
 claimed, for a running job when its lease expires — either way, `due <= now` means claimable.
@@ -19,10 +24,11 @@ from __future__ import annotations
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 QUEUED, EXISTS, FULL = "queued", "exists", "full"
 RETRY, STORED = "retry", "stored"
+INV_CHUNK = 1000                 # inventory entries per executemany / pipeline in inv_replace
 MAX_BACKOFF_S = 300.0            # transient retries never wait longer than this
 SCANS_STARTED = "scans_started"  # counter name every worker bumps when a scan starts
 
@@ -112,6 +118,39 @@ class Store(ABC):
     def job(self, kid: str) -> JobInfo | None:
         """The queue entry for a key id, if any."""
 
+    # -- inventory -------------------------------------------------------------------------
+    @abstractmethod
+    def inv_put(self, key: str, namespace: str, owner: str, body: str) -> None:
+        """Insert or replace one inventory entry (owner: the key of the workload that owns it,
+        e.g. a Pod's ReplicaSet; '' for a top-level workload)."""
+
+    @abstractmethod
+    def inv_delete(self, key: str) -> bool:
+        """Remove one entry; True when it existed."""
+
+    @abstractmethod
+    def inv_get(self, key: str) -> str | None:
+        """One entry's body, or None."""
+
+    @abstractmethod
+    def inv_list(self, namespace: str | None = None,
+                 owner: str | None = None) -> list[tuple[str, str]]:
+        """(key, body) of the entries in that namespace and/or with that owner (owner='' → the
+        top-level workloads), sorted by key. Reads only the entries it returns."""
+
+    @abstractmethod
+    def inv_count(self) -> int:
+        """Entries in the inventory."""
+
+    @abstractmethod
+    def inv_replace(self, entries: Iterable[tuple[str, str, str, str]]) -> tuple[int, int, int]:
+        """Make the inventory exactly `entries` (key, namespace, owner, body) in one transaction
+        — all or nothing: a failure (a bad entry part-way through, a lost connection, a killed
+        process) leaves the previous inventory whole. Entries are read once, in order, in
+        chunks of INV_CHUNK. Returns (added, updated, removed) counted against what was there;
+        updated = same key, different body (or namespace or owner).
+        Raises TypeError for an entry that is not four str, ValueError for a repeated key."""
+
     # -- counters and health ----------------------------------------------------------------
     @abstractmethod
     def incr(self, name: str, n: int = 1) -> int:
@@ -140,3 +179,35 @@ class Store(ABC):
 
 def new_token() -> str:
     return uuid.uuid4().hex
+
+
+def check_inv_entry(key: object, namespace: object, owner: object, body: object,
+                    where: str = "") -> None:
+    """TypeError unless all four fields are str (both backends would otherwise coerce)."""
+    for name, value in (("key", key), ("namespace", namespace), ("owner", owner), ("body", body)):
+        if not isinstance(value, str):
+            raise TypeError(f"inventory {where}{name} must be str, not {type(value).__name__}")
+
+
+def inv_chunks(entries: Iterable[tuple[str, str, str, str]],
+               size: int = INV_CHUNK) -> Iterator[list[tuple[str, str, str, str]]]:
+    """Validate entries as they come and yield them in chunks: a bad entry raises part-way
+    through, after earlier chunks were written, and the caller's transaction undoes them."""
+    seen: set[str] = set()
+    chunk: list[tuple[str, str, str, str]] = []
+    for i, entry in enumerate(entries):
+        try:
+            key, namespace, owner, body = entry
+        except (TypeError, ValueError):
+            raise TypeError(f"inventory entry {i}: expected (key, namespace, owner, body), "
+                            f"got {type(entry).__name__}") from None
+        check_inv_entry(key, namespace, owner, body, where=f"entry {i}: ")
+        if key in seen:
+            raise ValueError(f"inventory entry {i}: key {key!r} appears twice")
+        seen.add(key)
+        chunk.append((key, namespace, owner, body))
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

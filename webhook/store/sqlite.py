@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from .base import EXISTS, FULL, QUEUED, Claim, JobInfo, Store, StoreUnavailable, new_token
+from .base import (EXISTS, FULL, QUEUED, Claim, JobInfo, Store, StoreUnavailable,
+                   check_inv_entry, inv_chunks, new_token)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -21,7 +22,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     enqueued_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs(due);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inventory (
+    key TEXT PRIMARY KEY, namespace TEXT NOT NULL, owner TEXT NOT NULL DEFAULT '',
+    body TEXT NOT NULL, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS inventory_namespace ON inventory(namespace, key);
+CREATE INDEX IF NOT EXISTS inventory_owner ON inventory(owner, key);
 """
+# The inventory indexes end in `key` so a filtered inv_list reads its rows already in key order.
+
+_INV_UPSERT = ("INSERT INTO main.inventory (key, namespace, owner, body, updated) {source} "
+               "ON CONFLICT(key) DO UPDATE SET namespace = excluded.namespace, "
+               "owner = excluded.owner, body = excluded.body, updated = excluded.updated")
+_INV_CHANGED = ("inventory.body IS NOT excluded.body OR inventory.namespace IS NOT "
+                "excluded.namespace OR inventory.owner IS NOT excluded.owner")
 
 
 class SQLiteStore(Store):
@@ -164,6 +177,65 @@ class SQLiteStore(Store):
     def job(self, kid: str) -> JobInfo | None:
         rows = self._read("SELECT kid, state, due, attempts, owner FROM jobs WHERE kid = ?", (kid,))
         return JobInfo(*rows[0]) if rows else None
+
+    # inventory
+    def inv_put(self, key: str, namespace: str, owner: str, body: str) -> None:
+        check_inv_entry(key, namespace, owner, body)
+        self._write(lambda c, now: c.execute(_INV_UPSERT.format(source="VALUES (?, ?, ?, ?, ?)"),
+                                             (key, namespace, owner, body, now)))
+
+    def inv_delete(self, key: str) -> bool:
+        return self._write(lambda c, now: c.execute(
+            "DELETE FROM inventory WHERE key = ?", (key,)).rowcount == 1)
+
+    def inv_get(self, key: str) -> str | None:
+        rows = self._read("SELECT body FROM inventory WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def inv_list(self, namespace: str | None = None,
+                 owner: str | None = None) -> list[tuple[str, str]]:
+        where, args = [], []
+        if namespace is not None:
+            where.append("namespace = ?")
+            args.append(namespace)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        sql = "SELECT key, body FROM inventory"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return [tuple(r) for r in self._read(sql + " ORDER BY key", tuple(args))]
+
+    def inv_count(self) -> int:
+        return self._read("SELECT COUNT(*) FROM inventory")[0][0]
+
+    def inv_replace(self, entries) -> tuple[int, int, int]:
+        """One BEGIN IMMEDIATE transaction: the new contents go into a connection-private
+        temporary table chunk by chunk, the differences are counted and applied with three
+        statements, and nothing is visible to anyone before COMMIT."""
+        def txn(c: sqlite3.Connection, now: float) -> tuple[int, int, int]:
+            c.execute("CREATE TEMP TABLE IF NOT EXISTS inventory_new (key TEXT PRIMARY KEY, "
+                      "namespace TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL)")
+            c.execute("DELETE FROM temp.inventory_new")
+            for chunk in inv_chunks(entries):
+                c.executemany("INSERT INTO temp.inventory_new VALUES (?, ?, ?, ?)", chunk)
+            added = c.execute(
+                "SELECT COUNT(*) FROM temp.inventory_new n LEFT JOIN main.inventory i "
+                "ON i.key = n.key WHERE i.key IS NULL").fetchone()[0]
+            updated = c.execute(
+                "SELECT COUNT(*) FROM temp.inventory_new n JOIN main.inventory i ON i.key = n.key "
+                "WHERE i.body IS NOT n.body OR i.namespace IS NOT n.namespace "
+                "OR i.owner IS NOT n.owner").fetchone()[0]
+            removed = c.execute(
+                "DELETE FROM main.inventory WHERE key NOT IN "
+                "(SELECT key FROM temp.inventory_new)").rowcount
+            # Unchanged rows keep their `updated` time: it says when the entry last changed.
+            c.execute(_INV_UPSERT.format(
+                source="SELECT key, namespace, owner, body, ? FROM temp.inventory_new WHERE true")
+                + " WHERE " + _INV_CHANGED, (now,))
+            c.execute("DROP TABLE temp.inventory_new")
+            return added, updated, removed
+        return self._write(txn)
 
     # counters and health
     def incr(self, name: str, n: int = 1) -> int:

@@ -116,6 +116,8 @@ true
   value: {{ $c.reportUrl | quote }}
 {{- $feeds := list }}
 {{- range $product, $source := .Values.cves.feeds }}{{ $feeds = append $feeds (printf "%s=%s" $product $source) }}{{ end }}
+- name: SCAPGATE_INVENTORY
+  value: {{ .Values.inventory.enabled | quote }}
 - name: SCAPGATE_CVE_FEEDS
   value: {{ ternary (join "," $feeds) "off" .Values.cves.enabled | quote }}
 - name: SCAPGATE_CVE_REFRESH_S
@@ -273,10 +275,11 @@ podAntiAffinity:
 {{- $root := .root -}}
 {{- $caBundle := .caBundle -}}
 {{- $path := .path -}}
+{{- $operations := .operations | default $root.Values.webhook.operations -}}
 admissionReviewVersions: [v1]
-sideEffects: None
+sideEffects: {{ .sideEffects | default "None" }}
 matchPolicy: Equivalent
-timeoutSeconds: {{ $root.Values.webhook.timeoutSeconds }}
+timeoutSeconds: {{ .timeoutSeconds | default $root.Values.webhook.timeoutSeconds }}
 clientConfig:
   service:
     name: {{ include "scapgate.fullname" $root }}
@@ -303,17 +306,17 @@ rules:
   - apiGroups: [""]
     apiVersions: [v1]
     resources: [pods, pods/ephemeralcontainers, replicationcontrollers]
-    operations: {{ toJson $root.Values.webhook.operations }}
+    operations: {{ toJson $operations }}
     scope: Namespaced
   - apiGroups: [apps]
     apiVersions: [v1]
     resources: [deployments, replicasets, statefulsets, daemonsets]
-    operations: {{ toJson $root.Values.webhook.operations }}
+    operations: {{ toJson $operations }}
     scope: Namespaced
   - apiGroups: [batch]
     apiVersions: [v1]
     resources: [jobs, cronjobs]
-    operations: {{ toJson $root.Values.webhook.operations }}
+    operations: {{ toJson $operations }}
     scope: Namespaced
 {{- with $root.Values.webhook.matchConditions }}
 matchConditions:

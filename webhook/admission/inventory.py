@@ -1,0 +1,232 @@
+"""What is running: the inventory entry an admitted object leaves, and its removal on DELETE.
+
+An entry is written once the answer is on its way (serve/ calls `record` from the response's
+close hook): it can neither change nor delay the answer, and a store outage only costs the
+entry (the next admission or `scapgate inventory import` brings it back). Only objects that
+will exist are recorded: allowed, not a dry run. An UPDATE that changes no image leaves the
+entry as it is; a DELETE removes it whatever else the request holds (a missing oldObject
+included: the request names the object).
+
+An entry's key is namespace/Kind/name. A Pod created by a controller names its owner (the
+controller ownerReference: a ReplicaSet, a Job, a StatefulSet, …), so listings count a
+Deployment's 50 pods as replicas of one workload, not 50 workloads.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .model import Decision
+from .review import Request
+
+log = logging.getLogger("scapgate.inventory")
+STATE_ORDER = {"fail": 5, "error": 4, "unsupported": 3, "stale-feed": 2, "pending": 1,
+               "pass": 0}
+REASONS_KEPT = 50              # per image: what a listing or a report shows
+ENTRY_LIMIT = 256 << 10        # bytes of one entry (an object with thousands of containers)
+
+
+def key_of(namespace: str, kind: str, name: str) -> str:
+    return f"{namespace}/{kind}/{name}"
+
+
+def owner_of(obj: dict, namespace: str) -> str:
+    """The key of the controller that owns the object ('' for a top-level workload)."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    for ref in refs if isinstance(refs, list) else []:
+        if isinstance(ref, dict) and ref.get("controller") and ref.get("kind") and \
+                ref.get("name"):
+            return key_of(namespace, str(ref["kind"]), str(ref["name"]))
+    return ""
+
+
+def entry(req: Request, decision: Decision, now: float) -> tuple[str, str, str, str] | None:
+    """(key, namespace, owner, body) for an admitted object, or None when nothing is to be
+    recorded (denied, dry run, not a gated object, no image changed, no policy applies)."""
+    if req.get("dryRun") or req.get("operation") not in ("CREATE", "UPDATE"):
+        return None
+    if not decision.response.get("allowed") or not decision.checks:
+        return None
+    obj = req.get("object") or {}
+    meta = obj.get("metadata") or {}
+    namespace = req.get("namespace") or meta.get("namespace") or ""
+    kind = (req.get("kind") or {}).get("kind", "")
+    name = meta.get("name") or req.get("name") or ""
+    if not (namespace and kind and name):
+        return None
+    owner = owner_of(obj, namespace)
+    images, worst, policies = [], "pass", set()
+    for c in decision.checks:
+        v = c.verdict
+        state = v.state if v is not None else "pass"
+        if STATE_ORDER.get(state, 0) > STATE_ORDER.get(worst, 0):
+            worst = state
+        r = c.result
+        if c.policy is not None:
+            policies.add(c.policy.name)
+        for ct in c.containers:
+            images.append({
+                "path": ct.path, "image": c.image, "digest": c.digest, "state": state,
+                "platform": c.platform, "policy": c.policy.name if c.policy else "",
+                "reasons": [{"id": x.id, "kind": x.kind, "severity": x.severity,
+                             "title": x.title} for x in (v.reasons if v else [])[:REASONS_KEPT]],
+                "detail": v.detail if v else "",
+                "product": r.product if r is not None else "",
+                "profile": r.profile if r is not None else "",
+                "content": r.tools.get("content", "") if r is not None else "",
+                "content_sha256": r.tools.get("content_sha256", "") if r is not None else "",
+                "feed_sha256": (r.feed or {}).get("sha256", "") if r is not None else "",
+            })
+    body: dict[str, Any] = {
+        "namespace": namespace, "kind": kind, "name": name, "uid": meta.get("uid") or "",
+        "owner": owner,
+        "owners": [{k: ref.get(k) for k in ("kind", "name", "uid", "controller")}
+                   for ref in (meta.get("ownerReferences") or []) if isinstance(ref, dict)],
+        "verdict": worst, "policies": sorted(policies), "images": images,
+        "admitted_at": now, "judged_at": now, "operation": req.get("operation"),
+    }
+    text = json.dumps(body, separators=(",", ":"))
+    if len(text) > ENTRY_LIMIT:          # thousands of containers: keep the verdict, cut detail
+        for img in body["images"]:
+            img["reasons"] = img["reasons"][:3]
+        body["images"] = body["images"][:1000]
+        body["truncated"] = True
+        text = json.dumps(body, separators=(",", ":"))[:ENTRY_LIMIT]
+        if len(text) >= ENTRY_LIMIT:
+            body["images"] = body["images"][:100]
+            text = json.dumps(body, separators=(",", ":"))
+    return key_of(namespace, kind, name), namespace, owner, text
+
+
+def deleted_key(req: Request) -> str | None:
+    """The key a DELETE removes: from the request itself (name, namespace, kind), so a DELETE
+    without an oldObject removes its entry too."""
+    if req.get("operation") != "DELETE" or req.get("dryRun"):
+        return None
+    old = req.get("oldObject") or {}
+    meta = old.get("metadata") or {} if isinstance(old, dict) else {}
+    namespace = req.get("namespace") or meta.get("namespace") or ""
+    name = req.get("name") or meta.get("name") or ""
+    kind = (req.get("kind") or {}).get("kind", "")
+    if not (namespace and name and kind):
+        return None
+    return key_of(namespace, kind, name)
+
+
+def record(store, req: Request, decision: Decision, now: float) -> str:
+    """Write or remove the entry of one reviewed object; returns what was done (for logs and
+    tests): recorded, removed, absent, skipped, or failed. Never raises."""
+    try:
+        gone = deleted_key(req)
+        if gone is not None:
+            return "removed" if store.inv_delete(gone) else "absent"
+        found = entry(req, decision, now)
+        if found is None:
+            return "skipped"
+        key, namespace, owner, body = found
+        store.inv_put(key, namespace, owner, body)
+        return "recorded"
+    except Exception as e:          # the answer is already written; the entry is lost only
+        log.warning("inventory.record_failed uid=%s: %s", req.get("uid"), e)
+        return "failed"
+
+
+# -- judging what runs again ------------------------------------------------------------------
+
+@dataclass
+class Rejudged:
+    """What one pass over the inventory did."""
+
+    trigger: str
+    entries: int = 0
+    images: int = 0
+    changed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, old, new)
+    pending: int = 0                 # images whose result for today's key is not stored yet
+    seconds: float = 0.0
+    skipped: str = ""                # why nothing was done (another process does it)
+
+
+def rejudge(store, deps, *, trigger: str, now: float, once_key: str = "",
+            emit=None) -> Rejudged:
+    """Judge every inventory entry again with the policy set in force and the stored results
+    — no scan waits, nothing is fetched. An image whose key changed (new content) and has no
+    result yet is "pending" and its scan is queued; a verdict that changes is written with one
+    `inventory.changed` line (emit(name, fields): serve/ writes it as a JSON log line).
+    once_key (e.g. the policy set's digest): across processes and replicas only the first
+    caller with that key does the pass (a shared counter)."""
+    out = Rejudged(trigger)
+    t0 = time.monotonic()
+    if once_key and store.incr(f"inventory-rejudge:{once_key}") != 1:
+        out.skipped = "done by another process"
+        return out
+    pset = deps.policies()
+    today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
+    for key, body in store.inv_list():
+        try:
+            e = json.loads(body)
+        except ValueError:
+            continue
+        out.entries += 1
+        worst, reasons = "pass", []
+        for img in e.get("images", []):
+            out.images += 1
+            state, why = _judge_image(img, e.get("namespace", ""), pset, deps, today, now)
+            if state == "pending":
+                out.pending += 1
+            img["state"], img["reasons"] = state, why[:REASONS_KEPT]
+            reasons += [r["id"] for r in why]
+            if STATE_ORDER.get(state, 0) > STATE_ORDER.get(worst, 0):
+                worst = state
+        old = e.get("verdict", "")
+        e["judged_at"] = now
+        if worst != old:
+            out.changed.append((key, old, worst))
+            fields = {"workload": key, "old": old, "new": worst,
+                      "reasons": sorted(set(reasons))[:20], "trigger": trigger}
+            if emit is not None:
+                emit("inventory.changed", fields)
+            else:
+                log.info("inventory.changed %s", json.dumps(fields, separators=(",", ":")))
+        e["verdict"] = worst
+        store.inv_put(key, e.get("namespace", ""), e.get("owner", ""),
+                      json.dumps(e, separators=(",", ":")))
+    out.seconds = time.monotonic() - t0
+    return out
+
+
+def _judge_image(img: dict, namespace: str, pset, deps, today, now) -> tuple[str, list]:
+    from .. import policy as policy_mod
+    from ..scan import images as images_mod
+    from ..scan.content import ContentError
+    from ..store.scans import Job
+    from .decide import _cves_for
+    from .model import Check
+    try:
+        ref = images_mod.parse(img.get("image", ""))
+    except images_mod.ReferenceError:
+        return "error", []
+    policy = pset.select(namespace, str(ref))
+    digest = img.get("digest", "")
+    if policy is None or not digest:
+        return "pass", []
+    try:
+        content = policy.content()
+    except ContentError as e:
+        return "error", [{"id": "content", "kind": "error", "severity": "high",
+                          "title": str(e)[:200]}]
+    key = deps.key_for(digest, content)
+    result = deps.service.lookup(key)
+    if result is None:
+        deps.service.submit(Job(key, image=str(ref.pinned(digest)), content=content))
+        return "pending", []
+    check = Check(image=img.get("image", ""), containers=[], ref=ref, policy=policy,
+                  digest=digest, content=content, key=key, result=result)
+    cves, age = _cves_for(check, deps)
+    v = policy_mod.evaluate(result, policy, image=str(ref), namespace=namespace, today=today,
+                            cves=cves, feed_age_s=age)
+    return v.state, [{"id": r.id, "kind": r.kind, "severity": r.severity, "title": r.title}
+                     for r in v.reasons]
