@@ -27,9 +27,15 @@ $(CONTENT): scripts/install-content.sh
 certs: deps
 	@test -s $(CERTS)/tls.crt || $(VENV)/bin/scapgate certs --service scapgate --namespace scapgate --out $(CERTS)
 
-run: deps certs
+$(STATE)/console-token:
+	@mkdir -p $(STATE)
+	@umask 077 && $(PY) -c 'import secrets; print(secrets.token_urlsafe(32))' > $@.tmp && mv $@.tmp $@
+
+run: deps certs $(STATE)/console-token
+	@echo "console: https://127.0.0.1:8444/api/v1/inventory  (Authorization: Bearer \$$(cat $(STATE)/console-token))"
 	$(VENV)/bin/scapgate serve --bind 127.0.0.1:8443 --cert $(CERTS)/tls.crt --key $(CERTS)/tls.key \
-	  --policy policies --state-dir $(STATE)
+	  --policy policies --state-dir $(STATE) \
+	  --console-bind 127.0.0.1:8444 --console-token-file $(STATE)/console-token
 
 test: deps
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -428,6 +428,34 @@ def test_cve_feeds_reach_webhook_and_workers_with_their_volume(helm):
     assert defaults["SCAPGATE_CVE_FEEDS"] == ""          # the vendors' feeds
 
 
+def test_console_listener_is_off_by_default_and_its_own_service_when_on(helm):
+    """console.enabled: the webhook container also listens on the console port with the token
+    from a Secret; a Service of its own (the webhook configuration never names it); the
+    NetworkPolicy admits console.from there. Off by default; on without a Secret: refused."""
+    assert not [d for d in render(helm) if d["kind"] == "Service"
+                and d["metadata"]["name"].endswith("-console")]
+    docs = render(helm, "--set", "console.enabled=true", "--set", "console.tokenSecret.name=ctok",
+                  "--set-json", 'console.from=[{"podSelector":{"matchLabels":{"app":"ui"}}}]')
+    c = container(find(docs, "Deployment", FULLNAME))
+    args = c["args"]
+    assert args[args.index("--console-bind") + 1] == "0.0.0.0:8444"
+    assert args[args.index("--console-token-file") + 1] == "/etc/scapgate/console/token"
+    assert {"name": "console", "containerPort": 8444, "protocol": "TCP"} in c["ports"]
+    assert {"name": "console-token", "mountPath": "/etc/scapgate/console", "readOnly": True} \
+        in c["volumeMounts"]
+    svc = find(docs, "Service", f"{FULLNAME}-console")
+    assert svc["spec"]["ports"] == [{"name": "console", "port": 8444, "targetPort": "console",
+                                     "protocol": "TCP"}]
+    hooks = find(docs, "ValidatingWebhookConfiguration")["webhooks"]
+    assert all(h["clientConfig"]["service"]["name"] == FULLNAME for h in hooks)
+    netpol = find(docs, "NetworkPolicy", FULLNAME)
+    (rule,) = [r for r in netpol["spec"]["ingress"] if r["ports"][0]["port"] == "console"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {"app": "ui"}}}]
+    proc = run_helm(helm, "template", "t", str(CHART), "--set", "console.enabled=true",
+                    check=False)
+    assert proc.returncode != 0 and "console.tokenSecret.name" in proc.stderr
+
+
 @pytest.mark.parametrize("values", ["defaults", "cert-manager", "ha-bundled-redis"])
 def test_notes_render(helm, tmp_path, values):
     """helm template does not render NOTES.txt: render it through tpl in a copy of the chart."""

@@ -68,6 +68,9 @@ class Settings:
                                         # content or the day changed (then judge it again)
     # -- admission webhook (scapgate serve) --
     bind: str = "127.0.0.1:8443"        # host:port; in a cluster 0.0.0.0:8443 behind the Service
+    console_bind: str = ""              # host:port of the console listener (inventory,
+                                        # PolicyReports; never the apiserver's path); "" = off
+    console_token_file: str = ""        # bearer token every console request must present
     tls_cert: str = ""                  # PEM serving certificate (reloaded when the file changes)
     tls_key: str = ""                   # PEM key for tls_cert
     http_workers: int = 2               # gunicorn worker processes (`serve --workers`)

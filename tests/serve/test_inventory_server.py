@@ -20,8 +20,8 @@ import time
 import yaml
 
 from tests.admission.test_reports import problems
-from tests.builders.webhooks import (Server, make_certs, make_review, pod_spec, policy_doc,
-                                     workload)
+from tests.builders.webhooks import (Server, free_port, make_certs, make_review, pod_spec,
+                                     policy_doc, workload)
 from webhook.store.backends import open_store
 
 DEADLINE_S = 120.0
@@ -36,6 +36,20 @@ def until(what: str, fn, deadline_s: float = DEADLINE_S):
             return last
         time.sleep(0.2)
     raise AssertionError(f"{what}: not within {deadline_s} s (last: {last})")
+
+
+def get(srv: Server, port: int, path: str, headers: dict) -> tuple[int, bytes]:
+    """HTTPS GET to one of the server's listeners, verifying its certificate."""
+    import ssl
+    import urllib.error
+    import urllib.request
+    ctx = ssl.create_default_context(cafile=srv.ca)
+    req = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
 
 
 def write_policy(d, datastream: str, deny: str) -> None:
@@ -65,9 +79,14 @@ def test_inventory_follows_admissions_deletes_and_policy_reloads(
     pdir = tmp_path / "policies"
     pdir.mkdir()
     write_policy(pdir, str(scap_datastream), "none")          # nothing denies yet
+    token = tmp_path / "console-token"
+    token.write_text("t0k3n-" + "x" * 26 + "\n")
+    console_port = free_port()
     srv = Server(tmp_path / "srv", policy_dir=pdir, certs=make_certs(tmp_path / "certs"),
                  workers=1, env={"SCAPGATE_INSECURE_REGISTRIES": registry.host,
-                                 "SCAPGATE_INVENTORY_REJUDGE_S": "0.3"}).start()
+                                 "SCAPGATE_INVENTORY_REJUDGE_S": "0.3",
+                                 "SCAPGATE_CONSOLE_BIND": f"127.0.0.1:{console_port}",
+                                 "SCAPGATE_CONSOLE_TOKEN_FILE": str(token)}).start()
     client = srv.client()
     try:
         def admit(review):
@@ -116,6 +135,11 @@ def test_inventory_follows_admissions_deletes_and_policy_reloads(
         assert changed[0]["trigger"] == "policy"
         assert listed(srv)["team-a/Deployment/api"]["verdict"] == "pass"
         assert store.counter("scans_started") == scans
+        metrics = until("the workload gauge", lambda: (b := srv.get("/metrics")[1].decode())
+                        and 'scapgate_workloads{namespace="team-a",verdict="fail"} 1.0' in b
+                        and b)
+        assert 'scapgate_workloads{namespace="team-a",verdict="pass"} 1.0' in metrics
+        assert "scapgate_inventory_rejudge_seconds_count" in metrics
 
         # PolicyReports of what runs: valid against the CRD, the failing rules of the pod
         proc = subprocess.run([sys.executable, "-m", "webhook", "report", "--format",
@@ -128,6 +152,21 @@ def test_inventory_follows_admissions_deletes_and_policy_reloads(
         failing = {(r["resources"][0]["name"], r["result"], r["rule"]) for r in rep["results"]}
         assert failing and all(name == "web" and res == "fail" for name, res, _ in failing)
         assert rep["summary"]["fail"] == len(failing)
+
+        # the console listener: the inventory and the reports behind the token, nowhere else
+        bearer = {"Authorization": "Bearer t0k3n-" + "x" * 26}
+        status, body = get(srv, console_port, "/api/v1/inventory?namespace=team-a", bearer)
+        assert status == 200
+        assert {i["key"]: i["verdict"] for i in json.loads(body)["items"]} == {
+            "team-a/Pod/web": "fail", "team-a/Deployment/api": "pass"}
+        status, body = get(srv, console_port, "/api/v1/policyreports", bearer)
+        assert status == 200 and problems(json.loads(body)["items"][0]) == []
+        for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"},
+                        {"Authorization": "t0k3n-" + "x" * 26}):
+            status, body = get(srv, console_port, "/api/v1/inventory", headers)
+            assert status == 401 and b"team-a" not in body
+        assert get(srv, srv.port, "/api/v1/inventory", bearer)[0] == 404   # webhook listener
+        assert get(srv, console_port, "/healthz", bearer)[0] == 404
 
         # a denied object is not recorded (the bad image now fails); the admitted one after
         # it on the same connection is, so the denied one's turn has passed

@@ -117,18 +117,55 @@ def deleted_key(req: Request) -> str | None:
     return key_of(namespace, kind, name)
 
 
-def record(store, req: Request, decision: Decision, now: float) -> str:
+class Recent:
+    """What this process wrote lately: key → digest of the entry without its times. The same
+    object reviewed again with the same verdicts (a controller retrying, the fast path's
+    repeated reviews) is not written again for ttl_s — a store write per review would cost
+    more than the review. Bounded; thread-safe enough (a lost race writes once more)."""
+
+    def __init__(self, size: int = 50_000, ttl_s: float = 300.0):
+        from cachetools import TTLCache
+        self._seen: TTLCache = TTLCache(maxsize=size, ttl=ttl_s)
+
+    def same(self, key: str, digest: str) -> bool:
+        return self._seen.get(key) == digest
+
+    def remember(self, key: str, digest: str | None) -> None:
+        if digest is None:
+            self._seen.pop(key, None)
+        else:
+            self._seen[key] = digest
+
+
+_RECENT = Recent()
+
+
+def _digest(body: str) -> str:
+    import hashlib
+    d = json.loads(body)
+    for k in ("admitted_at", "judged_at", "operation"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def record(store, req: Request, decision: Decision, now: float, recent: Recent | None = None) -> str:
     """Write or remove the entry of one reviewed object; returns what was done (for logs and
-    tests): recorded, removed, absent, skipped, or failed. Never raises."""
+    tests): recorded, unchanged, removed, absent, skipped, or failed. Never raises."""
+    recent = recent or _RECENT
     try:
         gone = deleted_key(req)
         if gone is not None:
+            recent.remember(gone, None)
             return "removed" if store.inv_delete(gone) else "absent"
         found = entry(req, decision, now)
         if found is None:
             return "skipped"
         key, namespace, owner, body = found
+        digest = _digest(body)
+        if recent.same(key, digest):
+            return "unchanged"
         store.inv_put(key, namespace, owner, body)
+        recent.remember(key, digest)
         return "recorded"
     except Exception as e:          # the answer is already written; the entry is lost only
         log.warning("inventory.record_failed uid=%s: %s", req.get("uid"), e)
@@ -146,6 +183,7 @@ class Rejudged:
     images: int = 0
     changed: list[tuple[str, str, str]] = field(default_factory=list)  # (key, old, new)
     pending: int = 0                 # images whose result for today's key is not stored yet
+    workloads: dict = field(default_factory=dict)   # (namespace, verdict) → workloads
     seconds: float = 0.0
     skipped: str = ""                # why nothing was done (another process does it)
 
@@ -165,7 +203,9 @@ def rejudge(store, deps, *, trigger: str, now: float, once_key: str = "",
         return out
     pset = deps.policies()
     today = dt.datetime.fromtimestamp(now, dt.timezone.utc).date()
-    for key, body in store.inv_list():
+    listed = store.inv_list()
+    keys = {k for k, _ in listed}
+    for key, body in listed:
         try:
             e = json.loads(body)
         except ValueError:
@@ -192,6 +232,9 @@ def rejudge(store, deps, *, trigger: str, now: float, once_key: str = "",
             else:
                 log.info("inventory.changed %s", json.dumps(fields, separators=(",", ":")))
         e["verdict"] = worst
+        if e.get("owner", "") not in keys:          # a workload, not one of its pods
+            w = (e.get("namespace", ""), worst)
+            out.workloads[w] = out.workloads.get(w, 0) + 1
         store.inv_put(key, e.get("namespace", ""), e.get("owner", ""),
                       json.dumps(e, separators=(",", ":")))
     out.seconds = time.monotonic() - t0

@@ -27,7 +27,7 @@ from ..admission.model import Decision, Deps
 from ..config import Settings
 from ..scan import oscap
 from ..scan.resolver import Resolver
-from . import logs, metrics
+from . import console, logs, metrics
 
 log = logging.getLogger("scapgate.app")
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -102,9 +102,51 @@ def _policy_source(policies, settings: Settings):
     return policies, None
 
 
+CONSOLE_ROUTES = ("/api/v1/",)
+
+
 def _routes(app: Flask, deps: Deps, settings: Settings, policy_status) -> None:
     store = getattr(deps.service, "store", None)
     inventory = store if settings.inventory and hasattr(store, "inv_put") else None
+    console_port = console.port_of(settings.console_bind)
+
+    @app.before_request
+    def listeners():
+        """The console's routes only on its listener, with its token; the webhook's never
+        there (kube-apiserver only ever talks to the webhook's listener)."""
+        on_console = bool(console_port) and request.environ.get("SERVER_PORT") == console_port
+        wants_console = request.path.startswith(CONSOLE_ROUTES)
+        if wants_console != on_console or (wants_console and not console_port):
+            return jsonify({"error": "not found"}), 404
+        if on_console and not console.authorized(request.headers.get("Authorization"),
+                                                 settings.console_token_file):
+            return (jsonify({"error": "a valid bearer token is required"}), 401,
+                    {"WWW-Authenticate": 'Bearer realm="scapgate"'})
+        return None
+
+    @app.route("/api/v1/inventory", methods=["GET"])
+    def api_inventory():
+        from .views import rows
+        if store is None or not hasattr(store, "inv_list"):
+            return jsonify({"error": "no inventory store"}), 503
+        ns = request.args.get("namespace")
+        verdict = request.args.get("verdict")
+        if (ns and len(ns) > 253) or (verdict and len(verdict) > 32):
+            return jsonify({"error": "filter too long"}), 400
+        found = [r for r in rows(store, ns) if not verdict or r.get("verdict") == verdict]
+        return Response(orjson.dumps({"items": found}), mimetype="application/json")
+
+    @app.route("/api/v1/policyreports", methods=["GET"])
+    def api_policyreports():
+        from .views import policy_report_list
+        if store is None or not hasattr(store, "inv_list"):
+            return jsonify({"error": "no inventory store"}), 503
+        ns = request.args.get("namespace")
+        if ns and len(ns) > 253:
+            return jsonify({"error": "filter too long"}), 400
+        body = policy_report_list(store, ns, all_results=request.args.get("all") in (
+            "1", "true", "yes"))
+        return Response(orjson.dumps(body), mimetype="application/json")
 
     @app.route("/validate", methods=METHODS, provide_automatic_options=False)
     def validate():

@@ -23,7 +23,7 @@ from .gworker import ReadyThreadWorker
 _settings = Settings.from_env()
 ReadyThreadWorker.request_read_timeout_s = _settings.request_read_timeout_s
 
-bind = [_settings.bind]
+bind = [_settings.bind] + ([_settings.console_bind] if _settings.console_bind else [])
 worker_class = "webhook.serve.gworker.ReadyThreadWorker"   # gthread, threads only for whole requests
 workers = max(1, _settings.http_workers)
 threads = max(1, _settings.http_threads)

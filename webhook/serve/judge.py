@@ -53,6 +53,8 @@ class InventoryJudge:
             try:
                 out = self.tick()
                 if out is not None and not out.skipped:
+                    from . import metrics
+                    metrics.observe_rejudge(out)
                     log.info("inventory.rejudged trigger=%s entries=%d images=%d changed=%d "
                              "pending=%d seconds=%.2f", out.trigger, out.entries, out.images,
                              len(out.changed), out.pending, out.seconds)

@@ -14,6 +14,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -36,6 +37,27 @@ RESOLVES = Counter("scapgate_resolves", "Tag to digest resolutions: hit, miss, e
 POLICY_RELOADS = Counter("scapgate_policy_reloads",
                          "Policy directory changes: applied (ok) or refused (error)", ["result"])
 BAD_REQUESTS = Counter("scapgate_bad_requests", "Requests answered with HTTP 400")
+WORKLOADS = Gauge("scapgate_workloads", "Workloads in the inventory by namespace and verdict, "
+                  "as last judged", ["namespace", "verdict"], multiprocess_mode="mostrecent")
+INVENTORY_REJUDGE = Histogram("scapgate_inventory_rejudge_seconds",
+                              "One pass judging the whole inventory again",
+                              buckets=(.1, .5, 1, 2.5, 5, 10, 30, 60, 180))
+INVENTORY_PENDING = Gauge("scapgate_inventory_pending", "Inventory images whose result for "
+                          "the key in force is not stored yet (their scans are queued)",
+                          multiprocess_mode="mostrecent")
+_workload_labels: set = set()
+
+
+def observe_rejudge(out) -> None:
+    """The inventory metrics after a pass (admission.inventory.Rejudged)."""
+    INVENTORY_REJUDGE.observe(out.seconds)
+    INVENTORY_PENDING.set(out.pending)
+    for labels in _workload_labels - set(out.workloads):
+        WORKLOADS.labels(*labels).set(0)         # gone: zero, not the last value
+    for labels, n in out.workloads.items():
+        WORKLOADS.labels(*labels).set(n)
+    _workload_labels.clear()
+    _workload_labels.update(out.workloads)
 # Scans started / finished / failed, their duration and the queue depth are counted where
 # scans run and are queued: store/metrics.py (same PROMETHEUS_MULTIPROC_DIR).
 

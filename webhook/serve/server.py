@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     s.add_argument("--store", help="'' = SQLite in the state dir, or redis://… (SCAPGATE_STORE)")
     s.add_argument("--workers", type=int, help="HTTP worker processes (SCAPGATE_HTTP_WORKERS)")
     s.add_argument("--threads", type=int, help="threads per worker (SCAPGATE_HTTP_THREADS)")
+    s.add_argument("--console-bind", help="host:port of the console listener: inventory and "
+                   "PolicyReports behind a bearer token (SCAPGATE_CONSOLE_BIND; default off)")
+    s.add_argument("--console-token-file", help="the bearer token (SCAPGATE_CONSOLE_TOKEN_FILE)")
     s.set_defaults(fn=cmd_serve)
 
     c = subparsers.add_parser("certs", help="write a CA and a serving certificate for the webhook")
@@ -42,8 +45,10 @@ def register(subparsers) -> None:
 def settings_from_args(args) -> Settings:
     s = Settings.from_env(bind=args.bind, tls_cert=args.cert, tls_key=args.key,
                           policy=args.policy, state_dir=args.state_dir, store=args.store,
-                          http_workers=args.workers, http_threads=args.threads)
-    for name in ("tls_cert", "tls_key", "policy", "state_dir"):
+                          http_workers=args.workers, http_threads=args.threads,
+                          console_bind=getattr(args, "console_bind", None),
+                          console_token_file=getattr(args, "console_token_file", None))
+    for name in ("tls_cert", "tls_key", "policy", "state_dir", "console_token_file"):
         if getattr(s, name):
             setattr(s, name, os.path.abspath(getattr(s, name)))
     return s
@@ -59,6 +64,15 @@ def preflight(s: Settings) -> list[str]:
                             " (kube-apiserver only calls webhooks over HTTPS)")
         elif not os.access(path, os.R_OK):
             problems.append(f"TLS {what} {path} is not readable")
+    if s.console_bind:
+        from .console import read_token
+        if s.console_bind == s.bind:
+            problems.append("--console-bind must differ from --bind: the console is never on "
+                            "the apiserver's path")
+        try:
+            read_token(s.console_token_file)
+        except ValueError as e:
+            problems.append(f"console: {e}")
     try:
         policy_mod.load_set(s.policy)
     except policy_mod.PolicyError as e:

@@ -192,6 +192,14 @@ true
         path: {{ $host }}/ca.crt
 {{- end }}
 {{- end }}
+{{- if .Values.console.enabled }}
+- name: console-token
+  secret:
+    secretName: {{ required "console.tokenSecret.name: a Secret holding the console's bearer token" .Values.console.tokenSecret.name }}
+    items:
+      - key: {{ .Values.console.tokenSecret.key }}
+        path: {{ .Values.console.tokenSecret.key }}
+{{- end }}
 {{- with .Values.cves.volume }}
 - name: cve-feeds
 {{ toYaml . | indent 2 }}
@@ -233,6 +241,11 @@ true
 {{- if .Values.cves.volume }}
 - name: cve-feeds
   mountPath: /etc/scapgate/feeds
+  readOnly: true
+{{- end }}
+{{- if .Values.console.enabled }}
+- name: console-token
+  mountPath: /etc/scapgate/console
   readOnly: true
 {{- end }}
 {{- if .Values.registries.registriesConf }}
