@@ -356,6 +356,19 @@ class Server:
             self._log.close()
 
 
+def until(what: str, fn, deadline_s: float = 120.0):
+    """Poll fn() until it returns a truthy value (and return it), within a bounded deadline:
+    for what the server does after its answer (scans, feed updates, inventory passes)."""
+    deadline = time.monotonic() + deadline_s
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {deadline_s} s (last: {last})")
+
+
 def make_certs(out: Path, *extra: str) -> Path:
     """`scapgate certs`, as `make run` calls it."""
     subprocess.run([str(REPO / ".venv" / "bin" / "scapgate"), "certs", "--service", SERVICE,
@@ -594,4 +607,4 @@ class FakeService:
 __all__ = ["ApiServer", "FakePipeline", "FakeRegistry", "FakeService", "Server", "SlowRegistry",
            "apiserver", "assert_echo", "denial", "image_path", "make_certs", "make_review",
            "pod_spec", "policy_doc", "server", "slow_registry", "standalone_server",
-           "unique_image", "webhook_policies", "workload", "write_policies"]
+           "unique_image", "until", "webhook_policies", "workload", "write_policies"]

@@ -10,15 +10,12 @@ registry access, no rescan.
 """
 from __future__ import annotations
 
-import time
-
 import yaml
 
 from tests.builders import feeds as F
 from tests.builders.registry import start_registry
-from tests.builders.webhooks import Server, make_certs, make_review, pod_spec, workload
+from tests.builders.webhooks import Server, make_certs, make_review, pod_spec, until, workload
 
-DEADLINE_S = 120.0
 SHADOW_FIX = "1:4.13+dfsg1-1+deb12u1"
 OLD = F.Advisory("CVE-2026-4001", (("shadow", "1:4.13+dfsg1-1"),))
 NEW = F.Advisory("CVE-2026-4002", (("shadow", SHADOW_FIX),), title="shadow: su bypass")
@@ -33,18 +30,6 @@ def policy(datastream: str) -> dict:
                      "actions": {"pending": "deny", "error": "deny"},
                      "cves": {"denySeverity": "unknown", "maxFeedAge": "2d",
                               "staleFeed": "deny"}}}
-
-
-def until(what: str, fn, deadline_s: float = DEADLINE_S):
-    """Poll fn() until it returns a truthy value, within a bounded deadline."""
-    deadline = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"{what}: not within {deadline_s} s (last: {last})")
 
 
 def test_a_feed_update_denies_an_admitted_image_with_the_registry_stopped(

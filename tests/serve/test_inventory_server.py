@@ -15,27 +15,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 
+import pytest
 import yaml
 
 from tests.admission.test_reports import problems
+from tests.builders.stores import redis_server  # noqa: F401  (fixture)
 from tests.builders.webhooks import (Server, free_port, make_certs, make_review, pod_spec,
-                                     policy_doc, workload)
+                                     policy_doc, until, workload)
 from webhook.store.backends import open_store
-
-DEADLINE_S = 120.0
-
-
-def until(what: str, fn, deadline_s: float = DEADLINE_S):
-    deadline = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {deadline_s} s (last: {last})")
 
 
 def get(srv: Server, port: int, path: str, headers: dict) -> tuple[int, bytes]:
@@ -65,6 +53,7 @@ def inventory(srv: Server, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "SCAPGATE_STATE_DIR": str(srv.state),
                                "SCAPGATE_POLICY": str(srv.policy_dir),
+                               "SCAPGATE_STORE": srv.extra_env.get("SCAPGATE_STORE", ""),
                                "SCAPGATE_CVE_FEEDS": "off"})
 
 
@@ -74,8 +63,14 @@ def listed(srv: Server) -> dict:
     return {f"{r['namespace']}/{r['kind']}/{r['name']}": r for r in json.loads(proc.stdout)}
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request) -> str:
+    """The inventory in the SQLite file, and in a real Redis shared by replicas."""
+    return "" if request.param == "sqlite" else request.getfixturevalue("redis_server").url
+
+
 def test_inventory_follows_admissions_deletes_and_policy_reloads(
-        tmp_path, registry, images, scap_datastream):
+        tmp_path, registry, images, scap_datastream, store_url):
     pdir = tmp_path / "policies"
     pdir.mkdir()
     write_policy(pdir, str(scap_datastream), "none")          # nothing denies yet
@@ -84,6 +79,7 @@ def test_inventory_follows_admissions_deletes_and_policy_reloads(
     console_port = free_port()
     srv = Server(tmp_path / "srv", policy_dir=pdir, certs=make_certs(tmp_path / "certs"),
                  workers=1, env={"SCAPGATE_INSECURE_REGISTRIES": registry.host,
+                                 "SCAPGATE_STORE": store_url,
                                  "SCAPGATE_INVENTORY_REJUDGE_S": "0.3",
                                  "SCAPGATE_CONSOLE_BIND": f"127.0.0.1:{console_port}",
                                  "SCAPGATE_CONSOLE_TOKEN_FILE": str(token)}).start()
@@ -123,7 +119,7 @@ def test_inventory_follows_admissions_deletes_and_policy_reloads(
             "replicas"] == 0)
 
         # a policy tightened by a reload: the bad pod fails in the inventory, no rescan
-        store = open_store("", str(srv.state))
+        store = open_store(store_url, str(srv.state))
         scans = store.counter("scans_started")
         write_policy(pdir, str(scap_datastream), "medium")
         until("the bad pod turns to fail", lambda: listed(srv)["team-a/Pod/web"][
@@ -144,7 +140,8 @@ def test_inventory_follows_admissions_deletes_and_policy_reloads(
         # PolicyReports of what runs: valid against the CRD, the failing rules of the pod
         proc = subprocess.run([sys.executable, "-m", "webhook", "report", "--format",
                                "policyreport"], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "SCAPGATE_STATE_DIR": str(srv.state)})
+                              env={**os.environ, "SCAPGATE_STATE_DIR": str(srv.state),
+                                   "SCAPGATE_STORE": store_url})
         assert proc.returncode == 0, proc.stderr
         (rep,) = json.loads(proc.stdout)["items"]
         assert problems(rep) == []
