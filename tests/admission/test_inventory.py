@@ -104,7 +104,8 @@ def test_thousands_of_containers_leave_a_bounded_entry(tmp_path, store):
     key, _, _, body = inv.entry(review["request"], d, NOW)
     assert len(body) <= inv.ENTRY_LIMIT
     e = json.loads(body)
-    assert e["truncated"] is True and e["verdict"] == "pass" and len(e["images"]) >= 100
+    assert e["verdict"] == "pass" and 100 <= len(e["images"]) < 5000
+    assert all(i["truncated"] for i in e["images"])
 
 
 def test_a_delete_without_old_object_removes_the_entry(tmp_path, store):
@@ -158,3 +159,30 @@ def test_a_waiver_expiring_turns_the_workload_to_fail_on_its_expiry_date(tmp_pat
     assert other.tick().skipped == "done by another process"
     assert len(events) == 1
 
+
+
+def test_an_update_that_changes_an_image_replaces_the_entry(tmp_path, store):
+    deps = make_deps(policies(tmp_path), FakeService(finish=scan))
+    recent = inv.Recent()
+    old = workload("Deployment", pod_spec([IMG["good"]]), name="api")
+    create = make_review(old)
+    assert inv.record(store, create["request"], run(deps, create), NOW, recent) == "recorded"
+    new = workload("Deployment", pod_spec([IMG["fresh"]]), name="api")
+    update = make_review(new, operation="UPDATE", old=old)
+    d = run(deps, update)
+    assert d.response["allowed"] is True
+    assert inv.record(store, update["request"], d, NOW + 60, recent) == "recorded"
+    e = json.loads(store.inv_get("team-a/Deployment/api"))
+    assert [i["digest"] for i in e["images"]] == [D["fresh"]] and e["operation"] == "UPDATE"
+    assert store.inv_count() == 1
+
+
+def test_a_result_past_max_scan_age_is_rescanned_by_the_inventory_pass(tmp_path, store):
+    svc = FakeService(finish=scan)
+    deps = make_deps(policies(tmp_path), svc)
+    review = make_review(workload("Pod", pod_spec([IMG["good"]]), name="old"))
+    inv.record(store, review["request"], run(deps, review), NOW, inv.Recent())
+    jobs = len(svc.jobs)
+    out = inv.rejudge(store, deps, trigger="date", now=NOW + 8 * 86400)     # maxScanAge 7d
+    assert out.changed == [] and len(svc.jobs) == jobs + 1               # decides, rescans
+    assert svc.jobs[-1].key.digest == D["good"]

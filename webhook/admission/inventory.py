@@ -14,11 +14,13 @@ Deployment's 50 pods as replicas of one workload, not 50 workloads.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+
+import orjson
 
 from .model import Decision
 from .review import Request
@@ -47,6 +49,12 @@ def owner_of(obj: dict, namespace: str) -> str:
 def entry(req: Request, decision: Decision, now: float) -> tuple[str, str, str, str] | None:
     """(key, namespace, owner, body) for an admitted object, or None when nothing is to be
     recorded (denied, dry run, not a gated object, no image changed, no policy applies)."""
+    found = _entry(req, decision, now)
+    return found[:4] if found is not None else None
+
+
+def _entry(req: Request, decision: Decision, now: float):
+    """entry() and the digest of the body without its times (what `Recent` compares)."""
     if req.get("dryRun") or req.get("operation") not in ("CREATE", "UPDATE"):
         return None
     if not decision.response.get("allowed") or not decision.checks:
@@ -59,6 +67,28 @@ def entry(req: Request, decision: Decision, now: float) -> tuple[str, str, str, 
     if not (namespace and kind and name):
         return None
     owner = owner_of(obj, namespace)
+    images_json, worst, policies = _images_part(decision)
+    head = orjson.dumps({
+        "namespace": namespace, "kind": kind, "name": name, "uid": meta.get("uid") or "",
+        "owner": owner,
+        "owners": [{k: ref.get(k) for k in ("kind", "name", "uid", "controller")}
+                   for ref in (meta.get("ownerReferences") or []) if isinstance(ref, dict)],
+        "verdict": worst, "policies": policies})
+    digest = hashlib.sha256(head + images_json).hexdigest()
+    times = orjson.dumps({"admitted_at": now, "judged_at": now,
+                          "operation": req.get("operation")})
+    body = head[:-1] + b',"images":' + images_json + b"," + times[1:]
+    return key_of(namespace, kind, name), namespace, owner, body.decode(), digest
+
+
+def _images_part(decision: Decision) -> tuple[bytes, str, list[str]]:
+    """The images of an entry as JSON, the worst state, the policies — computed once per
+    decision and shared by its memo copies (decision.derived): the pods of one ReplicaSet, a
+    controller's retries. Bounded: an object with thousands of containers keeps its verdict
+    and as many images as fit ENTRY_LIMIT (marked truncated)."""
+    hit = decision.derived.get("inventory")
+    if hit is not None:
+        return hit
     images, worst, policies = [], "pass", set()
     for c in decision.checks:
         v = c.verdict
@@ -68,38 +98,29 @@ def entry(req: Request, decision: Decision, now: float) -> tuple[str, str, str, 
         r = c.result
         if c.policy is not None:
             policies.add(c.policy.name)
+        reasons = [{"id": x.id, "kind": x.kind, "severity": x.severity, "title": x.title}
+                   for x in (v.reasons if v else [])[:REASONS_KEPT]]
         for ct in c.containers:
             images.append({
                 "path": ct.path, "image": c.image, "digest": c.digest, "state": state,
                 "platform": c.platform, "policy": c.policy.name if c.policy else "",
-                "reasons": [{"id": x.id, "kind": x.kind, "severity": x.severity,
-                             "title": x.title} for x in (v.reasons if v else [])[:REASONS_KEPT]],
-                "detail": v.detail if v else "",
+                "reasons": reasons, "detail": v.detail if v else "",
                 "product": r.product if r is not None else "",
                 "profile": r.profile if r is not None else "",
                 "content": r.tools.get("content", "") if r is not None else "",
                 "content_sha256": r.tools.get("content_sha256", "") if r is not None else "",
                 "feed_sha256": (r.feed or {}).get("sha256", "") if r is not None else "",
             })
-    body: dict[str, Any] = {
-        "namespace": namespace, "kind": kind, "name": name, "uid": meta.get("uid") or "",
-        "owner": owner,
-        "owners": [{k: ref.get(k) for k in ("kind", "name", "uid", "controller")}
-                   for ref in (meta.get("ownerReferences") or []) if isinstance(ref, dict)],
-        "verdict": worst, "policies": sorted(policies), "images": images,
-        "admitted_at": now, "judged_at": now, "operation": req.get("operation"),
-    }
-    text = json.dumps(body, separators=(",", ":"))
-    if len(text) > ENTRY_LIMIT:          # thousands of containers: keep the verdict, cut detail
-        for img in body["images"]:
-            img["reasons"] = img["reasons"][:3]
-        body["images"] = body["images"][:1000]
-        body["truncated"] = True
-        text = json.dumps(body, separators=(",", ":"))[:ENTRY_LIMIT]
-        if len(text) >= ENTRY_LIMIT:
-            body["images"] = body["images"][:100]
-            text = json.dumps(body, separators=(",", ":"))
-    return key_of(namespace, kind, name), namespace, owner, text
+    text = orjson.dumps(images)
+    budget = ENTRY_LIMIT - (8 << 10)       # room for the object's own fields
+    if len(text) > budget:                 # thousands of containers: keep the verdict
+        cut = [{**img, "reasons": img["reasons"][:3], "truncated": True} for img in images]
+        while len(cut) > 1 and len(text) > budget:
+            cut = cut[:max(1, len(cut) * budget // max(1, len(text)) - 1)]
+            text = orjson.dumps(cut)
+    out = (text, worst, sorted(policies))
+    decision.derived["inventory"] = out
+    return out
 
 
 def deleted_key(req: Request) -> str | None:
@@ -140,14 +161,6 @@ class Recent:
 _RECENT = Recent()
 
 
-def _digest(body: str) -> str:
-    import hashlib
-    d = json.loads(body)
-    for k in ("admitted_at", "judged_at", "operation"):
-        d.pop(k, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
-
-
 def record(store, req: Request, decision: Decision, now: float, recent: Recent | None = None) -> str:
     """Write or remove the entry of one reviewed object; returns what was done (for logs and
     tests): recorded, unchanged, removed, absent, skipped, or failed. Never raises."""
@@ -157,11 +170,10 @@ def record(store, req: Request, decision: Decision, now: float, recent: Recent |
         if gone is not None:
             recent.remember(gone, None)
             return "removed" if store.inv_delete(gone) else "absent"
-        found = entry(req, decision, now)
+        found = _entry(req, decision, now)
         if found is None:
             return "skipped"
-        key, namespace, owner, body = found
-        digest = _digest(body)
+        key, namespace, owner, body, digest = found
         if recent.same(key, digest):
             return "unchanged"
         store.inv_put(key, namespace, owner, body)
@@ -192,7 +204,8 @@ def rejudge(store, deps, *, trigger: str, now: float, once_key: str = "",
             emit=None) -> Rejudged:
     """Judge every inventory entry again with the policy set in force and the stored results
     — no scan waits, nothing is fetched. An image whose key changed (new content) and has no
-    result yet is "pending" and its scan is queued; a verdict that changes is written with one
+    result yet is "pending" and its scan is queued; a result past the policy's maxScanAge is
+    rescanned through the queue (and decides meanwhile unless actions.stale is pending); a verdict that changes is written with one
     `inventory.changed` line (emit(name, fields): serve/ writes it as a JSON log line).
     once_key (e.g. the policy set's digest): across processes and replicas only the first
     caller with that key does the pass (a shared counter)."""
@@ -263,9 +276,14 @@ def _judge_image(img: dict, namespace: str, pset, deps, today, now) -> tuple[str
                           "title": str(e)[:200]}]
     key = deps.key_for(digest, content)
     result = deps.service.lookup(key)
+    job = Job(key, image=str(ref.pinned(digest)), content=content)
     if result is None:
-        deps.service.submit(Job(key, image=str(ref.pinned(digest)), content=content))
+        deps.service.submit(job)
         return "pending", []
+    if result.state == "done" and now - result.scanned_at > policy.max_scan_age_s:
+        deps.service.resubmit(job, after=result.scanned_at)     # past maxScanAge: rescan
+        if policy.on_stale == "pending":
+            return "pending", []
     check = Check(image=img.get("image", ""), containers=[], ref=ref, policy=policy,
                   digest=digest, content=content, key=key, result=result)
     cves, age = _cves_for(check, deps)
