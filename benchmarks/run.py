@@ -1,6 +1,6 @@
 """`make bench`: run every section, print the results and write BENCHMARKS.md.
 
-    .venv/bin/python -m benchmarks.run [--quick] [--sections fastpath,cold,large,shared,throughput,memory,cves,inventory]
+    .venv/bin/python -m benchmarks.run [--quick] [--sections fastpath,cold,large,shared,throughput,memory,cves,inventory,console]
 
 Raw numbers and py-spy profiles go to BENCHMARKS.raw/ (git-ignored). Needs root (the cached
 debootstrap image), skopeo, umoci, oscap, docker-registry and wrk (installed with apt-get when
@@ -25,10 +25,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cves, fastpath, inventory, large, loadgen, memory, scan, servers, throughput
+from . import (console, cves, fastpath, inventory, large, loadgen, memory, scan, servers,
+               throughput)
 from .common import REPO, SCAPGATE, Section, log
 
-ALL = ("fastpath", "cold", "large", "shared", "memory", "throughput", "cves", "inventory")
+ALL = ("fastpath", "cold", "large", "shared", "memory", "throughput", "cves", "inventory",
+       "console")
 SCANS = {"cold", "large", "shared", "throughput", "cves"}   # sections running oscap on images
 
 
@@ -141,7 +143,8 @@ def main(argv=None) -> int:
                  "throughput": lambda: throughput.run(ctx, plan),
                  "memory": lambda: memory.run(ctx, plan),
                  "cves": lambda: cves.run(ctx, plan),
-                 "inventory": lambda: inventory.run(ctx, plan)}
+                 "inventory": lambda: inventory.run(ctx, plan),
+                 "console": lambda: console.run(ctx, plan)}
         for name in ALL:
             if name not in sections:
                 continue

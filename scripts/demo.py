@@ -74,11 +74,24 @@ def push_images(registry, work: Path, debian: bool) -> dict[str, str]:
 
 # -- the webhook ----------------------------------------------------------------------------
 
+def console_token() -> Path:
+    """.state/console-token, as `make run` keeps it: created when missing, mode 0600."""
+    path = REPO / ".state" / "console-token"
+    if not path.exists():
+        import secrets
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 class Webhook:
     """`scapgate serve` in its own process group, stopped with SIGTERM like a pod."""
 
     def __init__(self, state: Path, registry_host: str, log: Path):
         self.port = free_port()
+        self.console_port = free_port()
         self.log = log
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_bytes(b"")
@@ -89,7 +102,9 @@ class Webhook:
         self.proc = subprocess.Popen(
             [str(REPO / ".venv" / "bin" / "scapgate"), "serve", "--bind", f"127.0.0.1:{self.port}",
              "--cert", str(CERTS / "tls.crt"), "--key", str(CERTS / "tls.key"),
-             "--policy", str(REPO / "policies"), "--state-dir", str(state)],
+             "--policy", str(REPO / "policies"), "--state-dir", str(state),
+             "--console-bind", f"127.0.0.1:{self.console_port}",
+             "--console-token-file", str(console_token())],
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -281,11 +296,17 @@ def main(argv: list[str] | None = None) -> int:
             "The same verdict without a cluster, e.g. in CI:")
         say(f"SCAPGATE_INSECURE_REGISTRIES={registry.host} .venv/bin/scapgate scan "
             f"{refs['failing']}", indent=2)
+        say()
+        say(f"Console (the workloads admitted, the decisions denied): "
+            f"https://127.0.0.1:{webhook.console_port}/")
+        say(f"  token: {console_token().read_text().strip()}  "
+            f"(from {console_token().relative_to(REPO)}; log in with it)", 0)
         if args.keep_running:
-            say("Registry and webhook keep running for that; Ctrl-C stops them.")
+            say("Registry, webhook and console keep running; Ctrl-C stops them.")
             signal.pause()
         else:
-            say("(make demo DEMO_ARGS=--keep-running leaves registry and webhook up to try it)")
+            say("(make demo DEMO_ARGS=--keep-running leaves registry, webhook and console up "
+                "to try them)")
         return 0 if denied else 1
     except KeyboardInterrupt:
         return 130

@@ -454,6 +454,17 @@ def test_console_listener_is_off_by_default_and_its_own_service_when_on(helm):
     proc = run_helm(helm, "template", "t", str(CHART), "--set", "console.enabled=true",
                     check=False)
     assert proc.returncode != 0 and "console.tokenSecret.name" in proc.stderr
+    # the Ingress example, to the console's Service only
+    docs = render(helm, "--set", "console.enabled=true", "--set", "console.tokenSecret.name=t",
+                  "--set", "console.ingress.enabled=true", "--set",
+                  "console.ingress.host=scapgate.example.com", "--set",
+                  "console.ingress.tlsSecret=tls", "--set", "console.ingress.className=nginx")
+    ing = find(docs, "Ingress", f"{FULLNAME}-console")
+    (rule,) = ing["spec"]["rules"]
+    assert rule["host"] == "scapgate.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {
+        "name": f"{FULLNAME}-console", "port": {"name": "console"}}
+    assert ing["spec"]["tls"] == [{"hosts": ["scapgate.example.com"], "secretName": "tls"}]
 
 
 @pytest.mark.parametrize("values", ["defaults", "cert-manager", "ha-bundled-redis"])

@@ -33,5 +33,11 @@ def test_demo_shows_an_allow_a_deny_and_the_report(scap_datastream):
     report = next(line.split("saved to ")[1].split()[0] for line in out.splitlines()
                   if "saved to " in line)
     assert (REPO / report).read_bytes().lstrip().lower().startswith(b"<!doctype html")
+    # it ends with the console's URL and token (the token file mode 0600)
+    console = [line for line in out.splitlines() if "Console (" in line]
+    assert console and "https://127.0.0.1:" in console[0]
+    token = (REPO / ".state" / "console-token")
+    assert f"token: {token.read_text().strip()}" in out
+    assert token.stat().st_mode & 0o777 == 0o600
     leftovers = subprocess.run(["pgrep", "-f", "scapgate-demo-"], capture_output=True, text=True)
     assert leftovers.stdout == "", "the demo left processes running"

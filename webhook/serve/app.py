@@ -27,7 +27,7 @@ from ..admission.model import Decision, Deps
 from ..config import Settings
 from ..scan import oscap
 from ..scan.resolver import Resolver
-from . import console, logs, metrics
+from . import console, console_pages, logs, metrics
 
 log = logging.getLogger("scapgate.app")
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
@@ -70,7 +70,11 @@ def create_app(settings: Settings | None = None, *, policies=None, service=None,
     if settings.inventory and settings.inventory_rejudge_s > 0 and hasattr(store, "inv_list"):
         from .judge import InventoryJudge
         InventoryJudge(store, deps, interval_s=settings.inventory_rejudge_s).start()
-    _routes(app, deps, settings, status)
+    # The console's pages and this process's recent decisions, only with a console listener.
+    decisions = console_pages.new_ring() if settings.console_bind else None
+    _routes(app, deps, settings, status, decisions)
+    if settings.console_bind:
+        app.register_blueprint(console_pages.blueprint(deps, settings, decisions))
     return app
 
 
@@ -102,10 +106,7 @@ def _policy_source(policies, settings: Settings):
     return policies, None
 
 
-CONSOLE_ROUTES = ("/api/v1/",)
-
-
-def _routes(app: Flask, deps: Deps, settings: Settings, policy_status) -> None:
+def _routes(app: Flask, deps: Deps, settings: Settings, policy_status, decisions=None) -> None:
     store = getattr(deps.service, "store", None)
     inventory = store if settings.inventory and hasattr(store, "inv_put") else None
     console_port = console.port_of(settings.console_bind)
@@ -115,11 +116,13 @@ def _routes(app: Flask, deps: Deps, settings: Settings, policy_status) -> None:
         """The console's routes only on its listener, with its token; the webhook's never
         there (kube-apiserver only ever talks to the webhook's listener)."""
         on_console = bool(console_port) and request.environ.get("SERVER_PORT") == console_port
-        wants_console = request.path.startswith(CONSOLE_ROUTES)
+        wants_console = console_pages.is_console_route(request.path)
         if wants_console != on_console or (wants_console and not console_port):
             return jsonify({"error": "not found"}), 404
-        if on_console and not console.authorized(request.headers.get("Authorization"),
-                                                 settings.console_token_file):
+        if on_console and request.path != console_pages.LOGIN and not console_pages.authorized(
+                request, settings.console_token_file):
+            if not request.path.startswith(console_pages.API):
+                return console_pages.unauthorized()       # a page: HTML, no data
             return (jsonify({"error": "a valid bearer token is required"}), 401,
                     {"WWW-Authenticate": 'Bearer realm="scapgate"'})
         return None
@@ -160,7 +163,7 @@ def _routes(app: Flask, deps: Deps, settings: Settings, policy_status) -> None:
                         mimetype="application/json")
         # Metrics, the log line and the inventory entry run once the answer is written: off
         # the apiserver's clock, never changing the answer.
-        resp.call_on_close(lambda: _account(req, decision, seconds, inventory))
+        resp.call_on_close(lambda: _account(req, decision, seconds, inventory, decisions))
         return resp
 
     @app.route("/mutate", methods=METHODS, provide_automatic_options=False)
@@ -254,14 +257,19 @@ def _decide(req, deps: Deps, budget: Budget) -> Decision:
             "error", "internal")
 
 
-def _account(req, decision: Decision, seconds: float, inventory=None) -> None:
-    """Metrics, the decision log line and the inventory entry; none may turn an answer into a
-    500 (the answer is written already)."""
+def _account(req, decision: Decision, seconds: float, inventory=None, decisions=None) -> None:
+    """Metrics, the decision log line, the console's ring of recent decisions and the inventory
+    entry; none may turn an answer into a 500 (the answer is written already)."""
     try:
         metrics.observe(decision, seconds)
         logs.log_decision(logs.record(req, decision, seconds * 1000))
     except Exception:
         log.exception("could not log or count the decision for uid %s", req.get("uid"))
+    if decisions is not None:
+        try:
+            console_pages.remember(decisions, req, decision, time.time())
+        except Exception:
+            log.exception("could not remember the decision for uid %s", req.get("uid"))
     if inventory is not None:
         inventory_mod.record(inventory, req, decision, time.time())
 
