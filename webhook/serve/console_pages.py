@@ -347,13 +347,21 @@ def _waivers_soon(pset, today: dt.date, days: int = WAIVER_DAYS) -> list[dict]:
     return sorted(out, key=lambda r: (r["left"], r["policy"], r["waived"]))
 
 
-def _queue(service) -> dict:
+QUEUE_SHOWN = 10       # oldest scans named on the overview, with their ages
+
+
+def _queue(service, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
     try:
         stats = service.stats() if hasattr(service, "stats") else {"depth": service.depth()}
+        jobs = service.oldest_jobs(QUEUE_SHOWN) if hasattr(service, "oldest_jobs") else []
         return {"depth": stats.get("depth"), "started": stats.get("scans_started"),
-                "l1": stats.get("l1_entries"), "error": ""}
+                "l1": stats.get("l1_entries"), "error": "",
+                "jobs": [{"image": j.image or j.kid, "state": j.state, "attempts": j.attempts,
+                          "age": max(0.0, now - j.enqueued_at) if j.enqueued_at else None}
+                         for j in jobs]}
     except Exception as e:
-        return {"depth": None, "started": None, "l1": None, "error": str(e)}
+        return {"depth": None, "started": None, "l1": None, "error": str(e), "jobs": []}
 
 
 def overview(workloads: list[dict], pset, deps, ring, now: float) -> dict:
@@ -398,7 +406,7 @@ def overview(workloads: list[dict], pset, deps, ring, now: float) -> dict:
         "by_state": {v: by_state.get(v, 0) for v in VERDICTS},
         "state_chart": chart([(v, "", Counter({v: by_state[v]})) for v in VERDICTS
                               if by_state.get(v)]),
-        "queue": _queue(deps.service),
+        "queue": _queue(deps.service, now),
         "content": _content_rows(pset, now),
         "feeds": _feed_rows(deps.feeds, products, now),
         "waivers": _waivers_soon(pset, dt.datetime.fromtimestamp(

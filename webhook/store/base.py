@@ -57,6 +57,8 @@ class JobInfo:
     due: float          # ready: earliest claim time; running: lease expiry (epoch seconds)
     attempts: int
     owner: str
+    enqueued_at: float = 0.0    # when it was queued (jobs(): its age)
+    image: str = ""             # the digest-pinned image (jobs(), for status pages)
 
 
 def backoff_s(attempt: int, base_s: float) -> float:
@@ -118,6 +120,10 @@ class Store(ABC):
     def job(self, kid: str) -> JobInfo | None:
         """The queue entry for a key id, if any."""
 
+    @abstractmethod
+    def jobs(self, limit: int = 20) -> list[JobInfo]:
+        """The oldest `limit` jobs queued or running, oldest first, with their images."""
+
     # -- inventory -------------------------------------------------------------------------
     @abstractmethod
     def inv_put(self, key: str, namespace: str, owner: str, body: str) -> None:
@@ -175,6 +181,15 @@ class Store(ABC):
             return STORED
         self.retry(claim, backoff_s(claim.attempt, base_backoff_s))
         return RETRY
+
+
+def job_image(payload: str) -> str:
+    """The image a job's payload names (scans.Job JSON), for status pages."""
+    import json
+    try:
+        return str(json.loads(payload).get("image", ""))[:512]
+    except (ValueError, AttributeError):
+        return ""
 
 
 def new_token() -> str:

@@ -37,7 +37,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .base import (Claim, JobInfo, Store, StoreUnavailable, check_inv_entry, inv_chunks,
-                   new_token)
+                   job_image, new_token)
 
 PREFIX = "{scapgate}:"
 _NOW = "local t = redis.call('TIME'); local now = tonumber(t[1]) + tonumber(t[2]) / 1000000\n"
@@ -308,6 +308,25 @@ class RedisStore(Store):
             return None
         return JobInfo(kid=kid, state=state, due=float(due or 0), attempts=int(attempts or 0),
                        owner=owner or "")
+
+    @_unavailable
+    def jobs(self, limit: int = 20) -> list[JobInfo]:
+        """The `due` set holds every job; the oldest by enqueued_at among the first
+        4 × limit by due (a bounded read: ready jobs are due in queue order)."""
+        kids = self.r.zrange(self.due_key, 0, max(0, 4 * int(limit)) - 1, withscores=True)
+        if not kids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for kid, _ in kids:
+            pipe.hmget(self._j(kid), "state", "attempts", "owner", "enqueued_at", "payload")
+        out = []
+        for (kid, due), (state, attempts, owner, enq, payload) in zip(kids, pipe.execute()):
+            if state is None:
+                continue
+            out.append(JobInfo(kid=kid, state=state, due=float(due), attempts=int(attempts or 0),
+                               owner=owner or "", enqueued_at=float(enq or 0),
+                               image=job_image(payload or "")))
+        return sorted(out, key=lambda j: j.enqueued_at)[:max(0, int(limit))]
 
     # inventory
     def _inv_keys(self, base: str) -> list[str]:

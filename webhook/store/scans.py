@@ -178,6 +178,10 @@ class ScanService:
         QUEUE_DEPTH.set(n)
         return n
 
+    def oldest_jobs(self, limit: int = 20) -> list:
+        """The oldest scans queued or running (store.JobInfo, with image and enqueued_at)."""
+        return self.store.jobs(limit)
+
     def healthy(self) -> bool:
         """True when the shared store answers (readiness: without it nothing can be decided)."""
         try:

@@ -10,7 +10,7 @@ import time
 from typing import Callable, Iterable
 
 from .base import (EXISTS, FULL, QUEUED, Claim, JobInfo, Store, StoreUnavailable,
-                   check_inv_entry, inv_chunks, new_token)
+                   check_inv_entry, inv_chunks, job_image, new_token)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -177,6 +177,11 @@ class SQLiteStore(Store):
     def job(self, kid: str) -> JobInfo | None:
         rows = self._read("SELECT kid, state, due, attempts, owner FROM jobs WHERE kid = ?", (kid,))
         return JobInfo(*rows[0]) if rows else None
+
+    def jobs(self, limit: int = 20) -> list[JobInfo]:
+        rows = self._read("SELECT kid, state, due, attempts, owner, enqueued_at, payload "
+                          "FROM jobs ORDER BY enqueued_at LIMIT ?", (max(0, int(limit)),))
+        return [JobInfo(*r[:6], image=job_image(r[6])) for r in rows]
 
     # inventory
     def inv_put(self, key: str, namespace: str, owner: str, body: str) -> None:
