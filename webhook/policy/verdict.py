@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ..scan.results import ContentSet, CveFinding, ScanResult, cve_severity_rank, severity_rank
 from ..scan.results import worst_first
+from ..scan.feeds import age_text
 from .model import CvePolicy, Policy, Waiver, short_rule_id
 
 WARNING_LIMIT = 120          # kube-apiserver shows warnings; keep each one short
@@ -99,16 +100,9 @@ def feed_problem(cves: ScanResult, cp: CvePolicy, feed_age_s: float | None) -> s
     if feed_age_s is None:
         return f"no CVE feed for {product} is kept any more: CVEs not judged"
     if feed_age_s > cp.max_feed_age_s:
-        return (f"the CVE feed for {product} is {_age(feed_age_s)} old, older than "
-                f"cves.maxFeedAge {_age(cp.max_feed_age_s)}")
+        return (f"the CVE feed for {product} is {age_text(feed_age_s)} old, older than "
+                f"cves.maxFeedAge {age_text(cp.max_feed_age_s)}")
     return ""
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def clip(text: str) -> str:

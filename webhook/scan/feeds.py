@@ -108,6 +108,14 @@ class UpdateResult:
     changed_from: str = ""       # the previous sha256 when updated
 
 
+def age_text(seconds: float, digits: int = 0) -> str:
+    """3d, 5.5h, 12m, 40s: a feed's age as messages and `feeds status` say it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.{digits}f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def sources(overrides: tuple | list | str = ()) -> dict[str, str]:
     """product → URL or path: the vendors' defaults, overridden by `product=source` entries;
     `off` (alone) disables every feed, `product=off` one."""
@@ -136,7 +144,7 @@ class FeedStore:
         self.dir = os.path.join(state_dir, "feeds")
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-        self._cache: dict[str, tuple[float, float, FeedStatus | None]] = {}
+        self._cache: dict[str, tuple[float, FeedStatus | None]] = {}   # product → (read at, status)
 
     def _pdir(self, product: str) -> str:
         if not _PRODUCT.match(product):
@@ -159,12 +167,12 @@ class FeedStore:
         now = time.monotonic()
         hit = self._cache.get(product)
         if hit is not None and now < hit[0] + recheck_s:
-            return hit[2]
+            return hit[1]
         st = self.status(product) if _PRODUCT.match(product or "") else None
         st = st if st is not None and st.sha256 else None
         if len(self._cache) > 256:
             self._cache.clear()
-        self._cache[product] = (now, 0.0, st)
+        self._cache[product] = (now, st)
         return st
 
     def current_for(self, product: str) -> FeedStatus | None:

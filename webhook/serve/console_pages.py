@@ -26,9 +26,7 @@ app.py's `_account` appends a small dict to); the page says it shows this proces
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as dt
-import gc
 import os
 import re
 import shlex
@@ -37,7 +35,6 @@ from collections import Counter
 from urllib.parse import urlencode
 
 import jinja2
-import orjson
 from flask import Blueprint, Response, redirect, request
 
 from .. import policy as policy_mod
@@ -48,7 +45,7 @@ from ..scan import content as content_mod
 from ..scan import images as images_mod
 from ..scan.results import worst_first
 from ..store.base import StoreUnavailable
-from . import console
+from . import console, views
 
 COOKIE = "scapgate_console"
 API = "/api/v1/"
@@ -197,44 +194,9 @@ def _error(status: int, title: str, message: str) -> Response:
 
 # -- the data of the pages -------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _no_gc():
-    """No cyclic garbage collection while 10,000 entries are parsed: they are acyclic, and
-    the collections their allocations trigger would scan the whole heap of a webhook process
-    (its cached results) again and again — half the page's time. Re-enabled after, only when
-    it was enabled before (a concurrent page leaves it as it found it)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 def load(store) -> list[dict]:
-    """The workloads of the inventory, as views.rows gives them (an owned entry whose owner is
-    recorded counts as a replica of it, not as a row) but parsed with orjson: one read of the
-    store, and the parse is most of a page's time on 10,000 workloads. An entry that does
-    not parse is left out."""
-    listed = store.inv_list()
-    entries: dict[str, dict] = {}
-    with _no_gc():
-        for key, body in listed:
-            try:
-                e = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(e, dict):
-                entries[key] = e
-    replicas = Counter(e.get("owner") for e in entries.values() if e.get("owner") in entries)
-    out = []
-    for key, e in entries.items():
-        if e.get("owner") in entries:
-            continue
-        e["replicas"] = replicas.get(key, 0)
-        out.append(e)
-    return out
+    """The workloads of the inventory (views.rows: one read, pods folded into their owner)."""
+    return views.rows(store)
 
 
 def _images(w: dict):

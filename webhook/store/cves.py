@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..scan.feeds import ANY, FeedStatus, FeedStore, sources
+from ..scan.feeds import ANY, FeedStatus, FeedStore, age_text, sources
 from ..scan.results import ScanResult, cve_key
 from .base import Store, StoreUnavailable
 from .metrics import FEED_AGE, FEED_FAILURES, FEED_LAST_SUCCESS, REJUDGE_SECONDS, child
@@ -268,19 +268,12 @@ def cmd_status(args) -> int:
         return 0
     print(f"{'product':<12} {'age':>8} {'definitions':>11} {'sha256':<12}  source")
     for r in rows:
-        age = "never" if r["age_s"] is None else _age(r["age_s"])
+        age = "never" if r["age_s"] is None else age_text(r["age_s"], 1)
         print(f"{r['product']:<12} {age:>8} {r['definitions']:>11} {r['sha256'][:12]:<12}  "
               f"{r['source']}{'' if r['configured'] else ' (not configured any more)'}")
         if r["failures"]:
             print(f"{'':<12} {r['failures']} failed update(s): {r['last_error']}")
     return 0
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 def cmd_update(args) -> int:
