@@ -8,7 +8,9 @@ CERTS := $(STATE)/certs
 
 .PHONY: run test bench demo deps venv content certs lint clean
 
-deps: $(STATE)/.deps $(VENV)/.installed $(CONTENT)
+REACH := $(STATE)/content/.scapgate-reach/.warm
+
+deps: $(STATE)/.deps $(VENV)/.installed $(CONTENT) $(REACH)
 
 $(STATE)/.deps: scripts/install-deps.sh
 	@mkdir -p $(STATE)
@@ -23,6 +25,11 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 $(CONTENT): scripts/install-content.sh
 	bash scripts/install-content.sh $(STATE)/content
+
+# Each shipped profile's partial-unpack filter (scan/reach.py), computed once beside the content.
+$(REACH): $(CONTENT) $(VENV)/.installed webhook/scan/reach.py $(wildcard policies/*.yaml policies/examples/*)
+	$(VENV)/bin/scapgate policy reads policies policies/examples > /dev/null
+	@mkdir -p $(dir $@) && touch $@
 
 certs: deps
 	@test -s $(CERTS)/tls.crt || $(VENV)/bin/scapgate certs --service scapgate --namespace scapgate --out $(CERTS)

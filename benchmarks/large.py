@@ -9,12 +9,18 @@ built once (≈ 40 s-several minutes) and cached under /var/cache/scapgate-test 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
-from .common import Section, f, fr, log, median, ratio
-from .scan import plain_scan, scapgate_scan, stage_rows
+from webhook.scan.unpack import check_declared
 
-TARGET = 1.15
+from .common import REPO, Section, f, fr, log, median, ratio
+from .scan import PROFILE, plain_scan, scapgate_scan, stage_rows
+
+TARGET = 0.5               # issue 15: the partial unpack (filter from the standard profile)
+TARGET_EVERYTHING = 1.15   # a profile whose filter is everything (a full unpack)
+ANSSI = "xccdf_org.ssgproject.content_profile_anssi_bp28_high"
 
 
 def run(ctx, plan) -> list[Section]:
@@ -30,24 +36,93 @@ def run(ctx, plan) -> list[Section]:
     ref = _push(reg, img)
     pushed = time.perf_counter() - t0
     datastream = str(imagebuild.datastream_path())       # ssg-debian12-ds.xml, profile standard
-    runs = {"scapgate": [], "plain": []}
+    anssi_policy = REPO / "policies" / "examples" / "strict-anssi.yaml"
+    runs = {"scapgate": [], "plain": [], "scapgate-anssi": [], "plain-anssi": []}
     for rnd in range(plan.large_rounds):
-        for side in (("plain", "scapgate") if rnd % 2 == 0 else ("scapgate", "plain")):
+        order = ["plain", "scapgate", "plain-anssi", "scapgate-anssi"]
+        for side in (order if rnd % 2 == 0 else order[::-1]):
             work = ctx.work / f"large-{side}-{rnd}"
             work.mkdir(parents=True)
             try:
-                if side == "plain":
-                    r = plain_scan(ref, work, datastream)
+                if side.startswith("plain"):
+                    r = plain_scan(ref, work, datastream,
+                                   ANSSI if side.endswith("anssi") else PROFILE)
                 else:
-                    r = scapgate_scan(ref, work / "state", ctx.policy, reg.host, memory=True,
-                                      timeout=900)
+                    r = scapgate_scan(ref, work / "state",
+                                      anssi_policy if side.endswith("anssi") else ctx.policy,
+                                      reg.host, memory=side == "scapgate", timeout=900)
             finally:
                 shutil.rmtree(work, ignore_errors=True)   # 280 MB of blobs per round
             runs[side].append(r)
             log(f"large scan {side}: {r['total']:.2f} s "
                 + " ".join(f"{k} {v:.2f}" for k, v in r["stages"].items())
+                + (f" unpack {r['unpack']}" if r.get("unpack") else "")
                 + (f" peak RSS {r['memory']}" if "memory" in r else ""))
-    return [_section(runs, info, got, pushed, plan)]
+    shares = profile_shares(img)
+    first = first_admission(ctx, ref)
+    return [_section(runs, info, got, pushed, plan, shares, first)]
+
+
+def first_admission(ctx, ref: str) -> dict:
+    """The whole first admission of the never-scanned large image through `scapgate serve`
+    (fresh state): POST /validate?timeout=10s of a pod naming it, timed at the client."""
+    import json
+
+    from . import bodies, servers
+    srv = servers.start_scapgate(ctx.work / "large-first", ctx.certs, policy=ctx.policy,
+                                 env=ctx.env)
+    try:
+        client = servers.Client(srv.port, srv.ca)
+        body = json.dumps(bodies.review(bodies.pod([ref]))).encode()
+        t0 = time.perf_counter()
+        resp = client.review(body, timeout="10s")["response"]
+        first = {"seconds": time.perf_counter() - t0, "allowed": resp["allowed"],
+                 "verdict": resp.get("auditAnnotations", {}).get("verdict"),
+                 "message": (resp.get("status") or {}).get("message", "")[:200]}
+        client.close()
+    finally:
+        srv.stop()
+    log(f"large image first admission: {first}")
+    return first
+
+
+def profile_shares(img) -> list[dict]:
+    """For each profile the shipped and example policies use: its filter, and what the partial
+    pass writes of the large image with it (one pass each, the layout already cached)."""
+    from webhook import policy as P
+    from webhook.scan import partial, reach
+    from webhook.scan.rootfs import UnpackLimits
+    out, seen = [], set()
+    for path in [REPO / "policies" / "default.yaml",
+                 *sorted((REPO / "policies" / "examples").glob("*.yaml"))]:
+        for product, spec in P.load(str(path)).content().entries:
+            key = (product, spec.profile, spec.tailoring, spec.oval)
+            if key in seen or not Path(spec.datastream).exists():
+                continue
+            seen.add(key)
+            t0 = time.perf_counter()
+            r = reach.analyse(spec)
+            row = {"product": product, "profile": spec.profile.rsplit("_profile_", 1)[-1]
+                   + (" + tailoring" if spec.tailoring else "")
+                   + (" + OVAL" if spec.oval else ""), "policy": path.name,
+                   "analysis_s": time.perf_counter() - t0, "everything": r.everything}
+            if not r.everything:
+                work = Path(tempfile.mkdtemp(prefix="shares-", dir="/dev/shm"))
+                try:
+                    layers = [(lambda p=p: open(p, "rb"), d) for p, d in
+                              check_declared(str(img.layout), img.tag, UnpackLimits())]
+                    t0 = time.perf_counter()
+                    part, _ = partial.filter_layers(layers, str(work), reach.implicit().union(r),
+                                                    UnpackLimits())
+                    row.update(pass_s=time.perf_counter() - t0, entries=part.entries,
+                               bytes=part.bytes, written=part.written,
+                               written_bytes=part.written_bytes,
+                               check=part.model.missing(r))
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+            out.append(row)
+            log(f"large image shares: {row}")
+    return out
 
 
 def _push(reg, img) -> str:
@@ -61,7 +136,7 @@ def _push(reg, img) -> str:
     raise AssertionError("unreachable")
 
 
-def _section(runs, info, got, pushed, plan) -> Section:
+def _section(runs, info, got, pushed, plan, shares, first) -> Section:
     s = Section("2c. Cold scan of a large image",
                 intro=(f"Debian 12 debootstrap minbase + python3, build-essential and "
                        f"default-jre-headless (apt --no-install-recommends; "
@@ -74,29 +149,76 @@ def _section(runs, info, got, pushed, plan) -> Section:
                        f"{f(pushed, 1)} s). Cold, as in section 2: a fresh state directory for "
                        f"`scapgate scan`, a fresh layout for the plain commands (same steps, "
                        f"ssg-debian12-ds.xml, profile standard), {plan.large_rounds} "
-                       f"interleaved round(s), median."),
+                       f"interleaved round(s), median. The content's filters (scan/reach.py) "
+                       f"are kept beside the content, as after any earlier scan with it."),
                 headers=["stage", "scapgate s", "plain s", "ratio", "rounds scapgate",
                          "rounds plain"])
-    rows, med = stage_rows(runs)
+    rows, med = stage_rows({k: runs[k] for k in ("scapgate", "plain")})
     s.rows += rows
     st_tot, pl_tot = med["scapgate"]["total"], med["plain"]["total"]
     st_cpu, pl_cpu = med["scapgate"]["cpu"], med["plain"]["cpu"]
     q = ratio(st_tot, pl_tot)
     s.target(f"2c large image ({info['du_bytes'] / 1e6:,.0f} MB installed) cold scan ratio "
-             f"≤ {TARGET}", q <= TARGET,
+             f"≤ {TARGET} (partial unpack, profile standard)", q <= TARGET,
              f"{fr(q)} ({f(st_tot, 2)} vs {f(pl_tot, 2)} s wall; CPU "
              f"{fr(ratio(st_cpu, pl_cpu))}: {f(st_cpu, 2)} vs {f(pl_cpu, 2)} s)")
-    unp = {side: median([r["stages"].get("unpack", float("nan")) for r in runs[side]])
-           for side in runs}
+    unp = [r.get("unpack", {}) for r in runs["scapgate"]]
+    u = unp[-1] if unp else {}
     s.notes.append(
-        f"The unpack stage is most of the scan ({f(unp['scapgate'], 2)} vs "
-        f"{f(unp['plain'], 2)} s, {fr(ratio(unp['scapgate'], unp['plain']))}): besides umoci "
-        f"writing the {info['du_bytes'] / 1e6:,.0f} MB root, scapgate decompresses the layer a "
-        f"second time to walk its headers against the limits (beside umoci, unpack.py) and "
-        f"then walks the root (rootfs.confine). The whole tree's CPU differs by "
-        f"{st_cpu - pl_cpu:+.2f} s; on 2 cores shared with other suites, extra CPU turns into "
-        f"wall time whenever no core is free, so the wall ratio depends on the load and the "
-        f"CPU ratio is the steadier figure (as in section 2).")
+        f"scapgate ran a **{u.get('mode', '?')}** unpack"
+        + (f" ({u['reason']})" if u.get("reason") else "")
+        + f": {u.get('written', 0):,} of {u.get('entries', 0):,} entries and "
+        f"{u.get('written_bytes', 0) / 1e6:,.1f} of {u.get('bytes', 0) / 1e6:,.1f} MB written "
+        f"(modes over rounds: {', '.join(x.get('mode', '?') for x in unp)}). Its unpack stage "
+        f"streams the layer while skopeo downloads it (partial.GrowingBlob), so `fetch` and "
+        f"`unpack` overlap and their sum exceeds the wall time between them; `check` proves "
+        f"the partial root covers everything the profile can read (partial.Model.missing). "
+        f"The whole tree's CPU differs by {st_cpu - pl_cpu:+.2f} s; on 2 cores shared with "
+        f"other suites the CPU ratio is the steadier figure (as in section 2).")
+    ev = {side: median([r["total"] for r in runs[side]])
+          for side in ("scapgate-anssi", "plain-anssi")}
+    evc = {side: median([r["cpu"] for r in runs[side]]) for side in ev}
+    qe = ratio(ev["scapgate-anssi"], ev["plain-anssi"])
+    eu = [r.get("unpack", {}) for r in runs["scapgate-anssi"]]
+    s.target(f"2c a profile whose filter is everything (ANSSI BP-028 high, "
+             f"policies/examples/strict-anssi.yaml) ≤ {TARGET_EVERYTHING}",
+             qe <= TARGET_EVERYTHING,
+             f"{fr(qe)} ({f(ev['scapgate-anssi'], 2)} vs {f(ev['plain-anssi'], 2)} s wall; CPU "
+             f"{fr(ratio(evc['scapgate-anssi'], evc['plain-anssi']))}); unpack "
+             f"{', '.join(x.get('mode', '?') for x in eu)}"
+             + (f": {eu[-1].get('reason', '')}" if eu and eu[-1].get("reason") else ""))
+    if first:
+        s.target("2c whole first admission of the large image through `scapgate serve` "
+                 "under 5 s (the goal)", first["seconds"] < 5 and first["verdict"] != "pending",
+                 f"{f(first['seconds'], 2)} s, verdict {first['verdict']} "
+                 f"(allowed={first['allowed']})")
+    srows = []
+    for row in shares:
+        if row["everything"]:
+            srows.append([row["product"], row["profile"], row["policy"],
+                          f"everything: {row['everything'][:110]}", "100 %", "100 %", "—",
+                          f(row["analysis_s"], 2)])
+            continue
+        holds = "partial" if not row["check"] else f"full ({row['check'][:80]})"
+        srows.append([row["product"], row["profile"], row["policy"], holds,
+                      f"{100 * row['written'] / max(row['entries'], 1):.1f} % "
+                      f"({row['written']:,} of {row['entries']:,})",
+                      f"{100 * row['written_bytes'] / max(row['bytes'], 1):.2f} % "
+                      f"({row['written_bytes'] / 1e6:,.1f} of {row['bytes'] / 1e6:,.0f} MB)",
+                      f(row["pass_s"], 2), f(row["analysis_s"], 2)])
+    s.extra_tables.append((
+        "What each shipped profile's filter writes of the large image",
+        ["product", "profile", "policy", "on this image", "entries written",
+         "bytes written", "pass s", "analysis s"], srows))
+    s.notes.append(
+        "Each profile of policies/default.yaml and policies/examples/: its filter (scan/reach.py, "
+        "computed from the datastream, profile, tailoring and extra OVAL; `analysis s` once per "
+        "content, then cached beside it) and what one partial pass (partial.filter_layers) "
+        "writes of the large image with it. \"on this image\": whether the partial root "
+        "covers the profile here (partial.Model.missing); \"full\" names why the scan unpacks "
+        "in full instead — a trigger file exists (paths computed from /etc/passwd, say). A "
+        "Debian 12 image only ever runs a Debian 12 profile; the others are shown for their "
+        "share.")
     verdicts = sorted({r["verdict"] for r in runs["scapgate"]})
     s.notes.append(f"scapgate's verdict on the image: {', '.join(verdicts)}; oscap rc of the "
                    f"plain runs: {', '.join(str(r['rc']) for r in runs['plain'])}.")
@@ -135,5 +257,6 @@ def _section(runs, info, got, pushed, plan) -> Section:
         s.target("2c peak memory of the scan worker reported", worker == worker,
                  f"scapgate process {f(worker, 1)} MiB; largest process of the tree "
                  f"{f(max(tree), 1)} MiB")
-    s.raw = {"image": info, "ready_s": got, "push_s": pushed, "runs": runs}
+    s.raw = {"image": info, "ready_s": got, "push_s": pushed, "runs": runs, "shares": shares,
+             "first_admission": first}
     return s

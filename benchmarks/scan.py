@@ -46,18 +46,20 @@ def _env(registry_host: str) -> dict:
 
 
 def scapgate_scan(ref: str, state: Path, policy: Path, registry_host: str, *,
-                  memory: bool = False, timeout: float = 300) -> dict:
+                  memory: bool = False, timeout: float = 300, env: dict | None = None) -> dict:
     """One `scapgate scan` process, timed; its progress lines give the stage times. With
     memory=True the result also has "memory": peak RSS (MiB) of the process tree (see
     _run_watched)."""
-    argv = [SCAPGATE, "scan", ref, "--policy", str(policy), "--state-dir", str(state)]
+    argv = [SCAPGATE, "scan", ref, "--policy", str(policy), "--state-dir", str(state),
+            "--json"]
     t0, c0 = time.perf_counter(), _children_cpu()
     mem = None
+    run_env = {**_env(registry_host), **(env or {})}
     if memory:
-        proc, mem = _run_watched(argv, env=_env(registry_host), timeout=timeout)
+        proc, mem = _run_watched(argv, env=run_env, timeout=timeout)
     else:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              env=_env(registry_host), cwd=REPO)
+                              env=run_env, cwd=REPO)
     wall, cpu = time.perf_counter() - t0, _children_cpu() - c0
     stages = {}
     for line in proc.stderr.splitlines():
@@ -68,6 +70,10 @@ def scapgate_scan(ref: str, state: Path, policy: Path, registry_host: str, *,
         raise RuntimeError(f"scapgate scan exited {proc.returncode}: {proc.stderr[-1200:]}")
     out = {"stages": stages, "total": wall, "cpu": cpu,
            "verdict": "allow" if proc.returncode == 0 else "deny"}
+    try:
+        out["unpack"] = json.loads(proc.stdout)["result"].get("unpack", {})
+    except (ValueError, KeyError, TypeError):
+        out["unpack"] = {}
     if mem is not None:
         out["memory"] = mem
     return out
@@ -179,7 +185,7 @@ def identify_direct(layout: str, tag: str, n: int = IDENTIFY_CALLS) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def plain_scan(ref: str, work: Path, datastream: str) -> dict:
+def plain_scan(ref: str, work: Path, datastream: str, profile: str = PROFILE) -> dict:
     """The same steps as plain commands: skopeo inspect, skopeo copy, umoci raw unpack (on
     tmpfs, where scapgate unpacks), the container marker and neutral APT config, oscap."""
     scratch = Path(tempfile.mkdtemp(prefix="plain-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
@@ -211,7 +217,7 @@ def plain_scan(ref: str, work: Path, datastream: str) -> dict:
                                           'Dir::Etc::main "/dev/null";\nAPT::Architecture "amd64";\n')
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OSCAP_PROBE_ROOT": str(root),
                "APT_CONFIG": str(scratch / "apt.conf")}
-        p = timed("evaluate", ["oscap", "xccdf", "eval", "--skip-valid", "--profile", PROFILE,
+        p = timed("evaluate", ["oscap", "xccdf", "eval", "--skip-valid", "--profile", profile,
                                "--results-arf", str(scratch / "arf.xml"), datastream], env=env)
         assert p.returncode in (0, 2), p.stderr[-500:]
         total = time.perf_counter() - t0

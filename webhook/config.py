@@ -63,6 +63,7 @@ class Settings:
     cve_rejudge_poll_s: float = 30.0    # how often workers look for images the current feed
                                         # has not judged yet
     packages_bytes: int = 1 << 30       # package databases kept per image for re-judging
+    partial_unpack: bool = True         # unpack only what the content can read (scan/partial.py)
     inventory: bool = True              # record admitted objects (and DELETEs) in the store
     inventory_rejudge_s: float = 30.0   # how often webhook processes look whether policies,
                                         # content or the day changed (then judge it again)

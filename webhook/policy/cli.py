@@ -33,6 +33,11 @@ def register(subparsers) -> None:
                       help="list every rule that cannot be checked in containers")
     _today(show)
     show.set_defaults(fn=cmd_show)
+    rd = sub.add_parser("reads", help="what each profile's evaluation can read: the partial "
+                        "unpack filter (kept beside the content for scans)")
+    rd.add_argument("paths", nargs="*", help="files or directories (default: policies/)")
+    rd.add_argument("--verbose", "-v", action="store_true", help="list every path and pattern")
+    rd.set_defaults(fn=cmd_reads)
     ex = sub.add_parser("explain", help="which policy applies to an image, and its verdict "
                                         "rule by rule")
     ex.add_argument("image")
@@ -77,6 +82,42 @@ def cmd_show(args) -> int:
     sys.stdout.write(render(sets, today=args.today or dt.date.today(), days=args.days,
                             all_rules=args.rules))
     return EXIT_FINDINGS if any(s.errors for s in sets) else EXIT_OK
+
+
+def cmd_reads(args) -> int:
+    """Each content spec of the policies (every product of a per-distribution policy): its
+    filter, computed once and kept beside the content (scan/reach.py), as scans use it."""
+    import os
+
+    from ..scan import reach
+    seen, status = set(), EXIT_OK
+    for path in _default_paths(args.paths):
+        for f in P.policy_files(path):
+            try:
+                pol = P.load(f)
+            except P.PolicyError as e:
+                print(f"{f}: {e}", file=sys.stderr)
+                status = EXIT_FINDINGS
+                continue
+            for product, spec in pol.content().entries:
+                key = (product, spec)
+                if key in seen or not os.path.exists(spec.datastream):
+                    continue
+                seen.add(key)
+                r = reach.of_spec(spec, (os.path.join(os.path.dirname(spec.datastream),
+                                                      ".scapgate-reach"),))
+                name = spec.profile.rsplit("_profile_", 1)[-1]
+                print(f"{os.path.basename(f)}  {product:<12} {name:<22} {r.describe()}")
+                if args.verbose and not r.everything:
+                    for kind, value, depth in sorted(r.reads):
+                        what = {0: "", 1: " (and its entries)", -1: " (and everything below)"}
+                        print(f"    {'regex ' if kind == 'r' else ''}"
+                              f"{value if kind == 'r' else '/' + value}"
+                              f"{what.get(depth, f' ({depth} levels below)')}")
+                    for kind, value, depth in sorted(r.triggers):
+                        print(f"    everything when a file exists at "
+                              f"{value if kind == 'r' else '/' + value}")
+    return status
 
 
 # -- explain --------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def build_pipeline(s: Settings, registry: Registry | None = None) -> Pipeline:
         oscap=oscap.OscapSettings(timeout_s=s.scan_timeout_s, local_files=s.local_files or None),
         oci_cache_bytes=s.oci_cache_bytes, reports_bytes=s.reports_bytes,
         cves=s.cve_feeds != ("off",), packages_bytes=s.packages_bytes,
-        cve_feed_max_bytes=s.cve_feed_max_bytes, cve_fetch_timeout_s=s.cve_fetch_timeout_s)
+        cve_feed_max_bytes=s.cve_feed_max_bytes, cve_fetch_timeout_s=s.cve_fetch_timeout_s,
+        partial=s.partial_unpack)
     if s.scratch_dir:
         ps.scratch_dir = s.scratch_dir
     return Pipeline(ps, registry or build_registry(s))

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import oscap
+from . import oscap, reach as reach_mod
 from .diskcache import OciCache, trim_reports
 from .feeds import FeedStore, evaluate_snapshot
 from .packages import PackageStore
@@ -26,6 +26,9 @@ from .images import ImageRef
 from .registry import Registry, RegistryError, TooLarge
 from .results import ContentSet, ScanKey, ScanResult, error_result, unsupported_result
 from .rootfs import UnpackError, UnpackLimits
+from . import unpack as unpack_mod
+from .partial import BlobMismatch, GrowingBlob, Partial, unpack_partial
+from .reach import Reach
 from .unpack import CorruptBlob, image_config, unpack
 
 log = logging.getLogger("scapgate.pipeline")
@@ -51,6 +54,7 @@ class PipelineSettings:
     feeds_dir: str = ""                             # "" = state_dir (scan --cve-feed: its own)
     cve_feed_max_bytes: int = 1 << 30               # a feed larger than this is refused
     cve_fetch_timeout_s: float = 300.0              # one feed download
+    partial: bool = True                            # unpack only what the content can read
 
 
 class Stages:
@@ -119,8 +123,14 @@ class Pipeline:
         return key
 
     # -- stages ---------------------------------------------------------------------------
-    def fetch(self, ref: ImageRef, docker_config: dict | None = None) -> tuple[str, str]:
-        """Copy the platform manifest into the content-addressed cache; returns (layout, tag)."""
+    def layout_path(self, ref: ImageRef) -> str:
+        return os.path.join(self.settings.state_dir, "oci", "layouts",
+                            ref.digest.replace(":", "-"))
+
+    def fetch(self, ref: ImageRef, docker_config: dict | None = None,
+              started: Callable[[str], None] | None = None) -> tuple[str, str]:
+        """Copy the platform manifest into the content-addressed cache; returns (layout, tag).
+        started(directory) learns where skopeo writes the new layout (partial.GrowingBlob)."""
         assert ref.digest, "fetch needs a digest-pinned reference"
         oci = os.path.join(self.settings.state_dir, "oci")
         blobs = os.path.join(oci, "blobs")
@@ -135,6 +145,8 @@ class Pipeline:
                 return layout, "image"
             os.makedirs(os.path.join(oci, "layouts"), exist_ok=True)
             tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=os.path.join(oci, "layouts"))
+            if started is not None:
+                started(tmp)
             try:
                 cap = self.download_cap(ref, docker_config)
                 self.registry.copy(ref, tmp, "image", blobs, docker_config=docker_config,
@@ -191,10 +203,15 @@ class Pipeline:
             os.makedirs(self.settings.scratch_dir, exist_ok=True)
             work = tempfile.mkdtemp(prefix="scapgate-scan-", dir=self.settings.scratch_dir)
             with self.cache.in_use():           # no trim deletes the layout before it is unpacked
-                layout, tag = stage("fetch", self.fetch, ref, docker_config)
-                arch = self.unpack(layout, tag, work, stage)
+                got = self.fetch_unpack(ref, docker_config, work, stage, content)
+                if got is None:
+                    layout, tag = stage("fetch", self.fetch, ref, docker_config)
+                    arch, part = self.unpack(layout, tag, work, stage, content)
+                else:
+                    layout, tag, arch, part = got
+                summary = self.complete(layout, tag, work, content, part, stage)
             return self.evaluate(layout, tag, work, ref, content, key, timings, stage,
-                                 arch=arch)
+                                 arch=arch, unpacked=summary)
         except CorruptBlob as e:
             self.forget(ref.digest)
             return error_result(key, str(ref), str(e), permanent=False, now=self.clock())
@@ -220,20 +237,126 @@ class Pipeline:
         except OSError as e:                    # a full or read-only state disk: scans go on
             log.warning("cache trim failed: %s", e)
 
-    def unpack(self, layout: str, tag: str, work: str, stage) -> str:
-        """Unpack a layout into work/rootfs; returns the image architecture."""
-        stage("unpack", unpack, layout, tag, os.path.join(work, "rootfs"), self.settings.limits)
-        return image_arch(layout, tag)
+    def unpack(self, layout: str, tag: str, work: str, stage,
+               content: ContentSet | None = None) -> tuple[str, Partial | dict]:
+        """Unpack a layout into work/rootfs; returns the image architecture and the Partial
+        (what a partial unpack wrote, checked in evaluate against the product's filter) or,
+        after a full unpack, its summary."""
+        root = os.path.join(work, "rootfs")
+        filt = self.pass_filter(content) if content is not None and self.settings.partial \
+            else Reach.of_everything("partial unpack is off")
+        if filt.everything:
+            stats = stage("unpack", unpack, layout, tag, root, self.settings.limits)
+            return image_arch(layout, tag), {"mode": "full", "entries": stats.files,
+                                             "bytes": stats.bytes, "written": stats.files,
+                                             "written_bytes": stats.bytes,
+                                             "reason": filt.everything}
+        part = stage("unpack", unpack_partial, layout, tag, root, self.settings.limits, filt)
+        return image_arch(layout, tag), part
+
+    def fetch_unpack(self, ref: ImageRef, docker_config: dict | None, work: str, stage,
+                     content: ContentSet):
+        """A layout not cached yet, unpacked partially while skopeo downloads it: the pass
+        reads each layer as it arrives (partial.GrowingBlob) instead of after the whole copy.
+        None when this does not apply (a cached layout, partial unpack off or a filter that
+        is everything, a manifest we cannot read): the caller fetches, then unpacks."""
+        if not self.settings.partial or os.path.exists(
+                os.path.join(self.layout_path(ref), "index.json")):
+            return None
+        filt = self.pass_filter(content)
+        if filt.everything:
+            return None
+        try:
+            doc = json.loads(self.registry.raw_manifest(ref, docker_config=docker_config))
+            layers = [(x["digest"], int(x["size"])) for x in doc["layers"]]
+            config_size = int(doc["config"]["size"])
+            blobs = [os.path.join(self.settings.state_dir, "oci", "blobs",
+                                  *d.split(":", 1)) for d, _ in layers]
+            for d, _ in layers:
+                unpack_mod._blob_file("", d)           # a well-formed digest
+        except (ValueError, TypeError, KeyError, AttributeError, RegistryError, UnpackError):
+            return None
+        done = threading.Event()
+        box: dict = {}
+        where: list[str] = []
+
+        def run() -> None:
+            try:
+                box["layout"] = stage("fetch", self.fetch, ref, docker_config, where.append)
+            except BaseException as e:      # raised in this thread by fetched()
+                box["error"] = e
+            finally:
+                done.set()
+
+        def fetched() -> tuple[str, str]:
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+            return box["layout"]
+
+        limits = self.settings.limits
+        openers = [(lambda i=i: GrowingBlob(
+            layers[i][0], blobs[i], lambda: where[0] if where else "",
+            [b for j, b in enumerate(blobs) if j != i], config_size, done, limits.timeout_s),
+            layers[i][0]) for i in range(len(layers))]
+        thread = threading.Thread(target=run, name="scapgate-fetch", daemon=True)
+        thread.start()
+        root = os.path.join(work, "rootfs")
+        try:
+            part = stage("unpack", unpack_partial, "", "image", root, limits, filt, openers,
+                         fetched)
+        except BlobMismatch:        # a download read while written was another blob
+            layout, tag = fetched()
+            shutil.rmtree(root, ignore_errors=True)
+            part = stage("unpack", unpack_partial, layout, tag, root, limits, filt)
+        finally:
+            thread.join()
+        layout, tag = fetched()
+        return layout, tag, image_arch(layout, tag), part
+
+    def complete(self, layout: str, tag: str, work: str, content: ContentSet,
+                 part: Partial | dict, stage) -> dict:
+        """Check a partial root against the filter of the product the image is identified as,
+        and unpack it again in full when the filter does not cover it (Partial.model.missing
+        says why). Returns the unpack summary kept in the ScanResult."""
+        if isinstance(part, dict):
+            return part
+        root = os.path.join(work, "rootfs")
+        spec = content.for_product(identify(root).product)
+        why = stage("check", part.model.missing, self.reach_of(spec)) if spec else ""
+        if why:
+            shutil.rmtree(root)
+            stage("unpack-full", unpack, layout, tag, root, self.settings.limits)
+        return part.summary("full" if why else "partial", why)
+
+    def reach_of(self, spec) -> Reach:
+        """The filter of one content spec (reach.py), kept beside the content when its
+        directory is writable, else in the state directory."""
+        dirs = (os.path.join(os.path.dirname(spec.datastream), ".scapgate-reach"),
+                os.path.join(self.settings.state_dir, "reach"))
+        return reach_mod.of_spec(spec, dirs, remote=bool(self.settings.oscap.local_files))
+
+    def pass_filter(self, content: ContentSet) -> Reach:
+        """What the partial pass writes before the image is identified: scapgate's own reads
+        and the filter of every product of the content set whose filter is not everything
+        (an image of such a product is unpacked again in full). Everything when none is."""
+        reaches = [self.reach_of(spec) for _, spec in content.entries]
+        bounded = [r for r in reaches if not r.everything]
+        if not bounded:
+            return reaches[0] if reaches else Reach.of_everything("no content")
+        return reach_mod.implicit().union(*bounded)
 
     def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSet,
                  key: ScanKey, timings: dict[str, float], stage, *,
-                 arch: str | None = None) -> ScanResult:
+                 arch: str | None = None, unpacked: dict | None = None) -> ScanResult:
         """Identify the image in work/rootfs and run its product's content against it,
         unpacking the layout first unless the caller did (arch given). An image no content
         judges is an "unsupported" result, never judged with another distribution's content."""
         root = os.path.join(work, "rootfs")
         if arch is None:
-            arch = self.unpack(layout, tag, work, stage)
+            arch, part = self.unpack(layout, tag, work, stage, content)
+            unpacked = self.complete(layout, tag, work, content, part, stage)
+        summary = unpacked or {}
         ident = stage("identify", identify, root)
         spec = content.for_product(ident.product)
         if spec is None:
@@ -270,7 +393,7 @@ class Pipeline:
                                  "content_sha256": spec.datastream_sha256},
                           timings=timings, scanned_at=self.clock(), score=score,
                           arf_path=arf_path, product=ident.product, identity=ident.to_dict(),
-                          profile=spec.profile, cves=cves, feed=feed)
+                          profile=spec.profile, cves=cves, feed=feed, unpack=summary)
 
     def judge_cves(self, ref: ImageRef, root: str, work: str, ident: Identity, arch: str,
                    stage) -> tuple[list, dict]:

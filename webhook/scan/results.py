@@ -205,6 +205,8 @@ class ScanResult:
     cves: list[CveFinding] = field(default_factory=list)
     feed: dict = field(default_factory=dict)   # the CVE feed evaluated: product, sha256,
                                                # source, as_of, definitions, unevaluated, note
+    unpack: dict = field(default_factory=dict)  # mode (partial/full), entries, bytes, written,
+                                                # written_bytes, reason (why full)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -235,7 +237,7 @@ class ScanResult:
             scanned_at=self.scanned_at, error=self.error, permanent=self.permanent,
             score=self.score, arf_path=self.arf_path, product=_i(self.product),
             identity=_shared({n: v for n, v in self.identity.items() if n in _ID_KEEP}),
-            profile=_i(self.profile), cves=self.cves, feed=self.feed)
+            profile=_i(self.profile), cves=self.cves, feed=self.feed, unpack=self.unpack)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
