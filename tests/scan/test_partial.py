@@ -148,3 +148,25 @@ def test_every_shipped_profile_has_a_known_filter():
     assert "whole tree" in found[("debian12", "anssi_bp28_high")].everything
     assert "whole tree" in found[("rhel9", "cis_server_l1")].everything
     assert "rpmverifyfile_object" in found[("fedora", "standard")].everything
+
+
+def test_registry_scans_stream_the_download_and_fall_back_when_the_check_fails(
+        tmp_path, registry):
+    """Through a registry (skopeo): the pass reads the layers while they download; an image
+    whose product's filter the partial root does not cover is evaluated again in full, and
+    both give the plain tools' failures (tests/scan/test_distros_plain.py pins those)."""
+    from webhook.scan.images import parse
+    content = P.load(str(POLICIES["default"])).content()
+    pipeline = engine.build_pipeline(Settings.from_env(
+        state_dir=str(tmp_path / "state"), insecure_registries=[registry.host],
+        cve_feeds=("off",)))
+    for name, mode in (("ubuntu2204-bad", "partial"), ("rhel8-bad", "full")):
+        img = d.ALL_IMAGES[name]()
+        ref = parse(registry.push(img.layout, img.tag, f"partial/{name}:1")).pinned(img.digest)
+        res = pipeline.scan(ref, content)
+        assert res.state == "done", res.error
+        assert res.unpack["mode"] == mode, res.unpack
+        if mode == "full":
+            assert "/etc/passwd exists" in res.unpack["reason"]
+            assert "unpack-full" in res.timings
+        assert frozenset(r.id for r in res.rules if r.result == "fail") == frozenset(img.fails)

@@ -197,7 +197,7 @@ def test_a_layer_is_read_while_it_is_downloaded_and_checked_against_its_digest(t
     half = len(layer.blob) // 2
     tmp_blob.write_bytes(layer.blob[:half])
     opener = (lambda: partial.GrowingBlob(layer.digest, str(final), lambda: str(where), [],
-                                          100, done, 30.0), layer.digest)
+                                          100, done, 30.0, len(layer.blob)), layer.digest)
 
     def finish():       # the rest arrives, then skopeo renames the blob into place
         with open(tmp_blob, "ab") as fh:
@@ -215,6 +215,16 @@ def test_a_layer_is_read_while_it_is_downloaded_and_checked_against_its_digest(t
     t.join()
     assert part.entries == len(list(ib.synthetic_debian_entries()))
     assert part.written > 0 and len(blobs) == 1
+    # a download renamed to another digest's place is not taken for this layer
+    other = tmp_path / "blobs" / ("f" * 64)
+    tmp_blob.write_bytes(layer.blob)
+    grow = partial.GrowingBlob(layer.digest, str(other), lambda: str(where), [], 100,
+                               threading.Event(), 30.0, len(layer.blob))
+    os.rename(tmp_blob, tmp_path / "elsewhere")
+    (other).write_bytes(layer.blob)
+    with pytest.raises(partial.BlobMismatch):
+        grow.confirm(len(layer.blob))
+    grow.close()
     # another blob read in its place is caught by the digest
     shutil.copy(final, tmp_path / "other")
     wrong = (lambda: open(tmp_path / "other", "rb"), "sha256:" + "0" * 64)
@@ -228,3 +238,54 @@ def test_a_download_that_never_arrives_is_an_error_not_a_hang(tmp_path):
     with pytest.raises(UnpackError, match="was not downloaded"):
         partial.GrowingBlob("sha256:" + "1" * 64, str(tmp_path / "nope"), lambda: "", [], 0,
                             done, 5.0)
+
+
+# -- the pass's own tar reader reads as Go's archive/tar (umoci) does ---------------------------
+
+def _tar(*members: tuple[str, bytes, bytes], end: bytes = b"\0" * 1024) -> bytes:
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data in members:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.size = kind, len(data)
+            tar.addfile(ti, io.BytesIO(data))
+    raw = buf.getvalue()
+    body = raw[:raw.rindex(b"\0" * 1024)] if raw.endswith(b"\0" * 1024) else raw
+    while body.endswith(b"\0" * 512) and len(body) % 512 == 0 and body[-512:] == b"\0" * 512:
+        body = body[:-512]
+    return body + end
+
+
+def _pass(tmp_path: Path, blob: bytes):
+    import hashlib
+    src = tmp_path / "layer.tar"
+    src.write_bytes(blob)
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    return partial.filter_layers([(lambda: open(src, "rb"), digest)], str(out),
+                                 reach.Reach(frozenset({("p", "etc", -1)})), UnpackLimits())
+
+
+def test_names_of_long_paths_and_pax_headers_are_read_as_umoci_reads_them(tmp_path):
+    deep = "etc/" + "d/" * 80 + "conf"          # longer than ustar's 100 bytes: a PAX path
+    part, blobs = _pass(tmp_path, _tar((deep, b"0", b"x"), ("usr/bin/tool", b"0", b"y")))
+    assert part.model.written.get(deep) is True
+    assert part.model.written.get("usr/bin/tool") is False
+    assert (part.entries, part.written) == (2, 1)
+
+
+def test_an_entry_after_a_single_end_of_archive_block_is_refused(tmp_path):
+    tail = _tar(("etc/x", b"0", b"x"))
+    with pytest.raises(UnpackError, match="after an end-of-archive block"):
+        _pass(tmp_path, _tar(("etc/a", b"0", b"a"), end=b"\0" * 512) + tail)
+
+
+def test_a_bad_header_checksum_is_refused(tmp_path):
+    blob = bytearray(_tar(("etc/a", b"0", b"a")))
+    at = 0 if blob[156:157] != b"x" else 1024
+    blob[at + 10] ^= 0x01                        # a name byte of the first header
+    with pytest.raises(UnpackError, match="checksum"):
+        _pass(tmp_path, bytes(blob))

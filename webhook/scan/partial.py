@@ -30,7 +30,6 @@ import queue
 import re
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import threading
 import time
@@ -41,7 +40,8 @@ from isal import igzip, isal_zlib
 
 from .reach import Reach
 from .rootfs import UnpackError, UnpackLimits, confine
-from .unpack import (MAX_TRAILING, LayerStats, _GuardedTarInfo, _checked, _checked_lock,
+from .unpack import (MAX_GLOBAL_HEADERS, MAX_HEADER_CHAIN, MAX_SPECIAL_HEADER, MAX_TRAILING,
+                     LayerStats, _checked, _checked_lock,
                      _kill_group, _raise_umoci, _under_dev, _within, check_declared,
                      file_size_limit, image_config, verify_blobs)
 
@@ -69,11 +69,30 @@ class Matcher:
                         if file_res else None)
         self.dir_res = dir_res
         self._dir_memo: dict[str, int] = {}
+        self._parent_memo: dict[str, bool] = {}
 
     def __call__(self, path: str) -> bool:
         if self.file_re is not None and self.file_re.search(b"/" + os.fsencode(path)):
             return True
-        k, cur = 0, path
+        if not self.lit and not self.dir_res:
+            return False
+        if path in self.lit:
+            return True
+        if self.dir_res and self._dir_depth(path) != -2:
+            return True
+        parent = path.rpartition("/")[0] if path else None
+        if parent is None:
+            return False
+        hit = self._parent_memo.get(parent)
+        if hit is None:
+            hit = self._covers(parent, 1)
+            if len(self._parent_memo) < 1 << 20:
+                self._parent_memo[parent] = hit
+        return hit
+
+    def _covers(self, path: str, k: int) -> bool:
+        """Does a tree spec at path or above cover something k levels below path?"""
+        cur = path
         while True:
             d = self.lit.get(cur)
             if d is not None and (d < 0 or k <= d):
@@ -110,6 +129,17 @@ class Model:
     children: dict = field(default_factory=lambda: {"": set()})
     aliases_of: dict = field(default_factory=dict)   # canonical dir -> links seen to it
     broken_links: int = 0       # admitted hard links whose target was not written
+    _parents: dict = field(default_factory=dict)     # raw parent path -> resolved (a memo)
+
+    def resolve_parent(self, parts: list[str]) -> str | None:
+        """resolve() of an entry's parent, remembered until the tree's links change."""
+        key = "/".join(parts)
+        hit = self._parents.get(key, False)
+        if hit is False:
+            hit = self.resolve(parts)
+            if len(self._parents) < 1 << 16:
+                self._parents[key] = hit
+        return hit
 
     # umoci resolves each entry's parent inside the root (securejoin): links followed,
     # ".." stopping at the root, a missing component taken as it is.
@@ -142,6 +172,7 @@ class Model:
         kind = self.kind.pop(path, None)
         if kind is None:
             return
+        self._parents.clear()       # a resolution may have passed through it
         self.target.pop(path, None)
         self.written.pop(path, None)
         self.layer.pop(path, None)
@@ -366,12 +397,13 @@ def _parts(name: str) -> list[str]:
 
 
 class _Hashing(io.RawIOBase):
-    """A raw blob stream that hashes (sha256) and counts what is read through it."""
+    """A raw blob stream that hashes (sha256) and counts what is read through it; sha is None
+    when the source proves its identity itself (GrowingBlob.confirm)."""
 
-    def __init__(self, raw):
+    def __init__(self, raw, hash_it: bool = True):
         super().__init__()
         self.raw = raw
-        self.sha = hashlib.sha256()
+        self.sha = hashlib.sha256() if hash_it else None
         self.count = 0
 
     def readable(self) -> bool:
@@ -380,7 +412,8 @@ class _Hashing(io.RawIOBase):
     def readinto(self, b) -> int:
         n = self.raw.readinto(b)
         if n:
-            self.sha.update(memoryview(b)[:n])
+            if self.sha is not None:
+                self.sha.update(memoryview(b)[:n])
             self.count += n
         return n or 0
 
@@ -393,7 +426,7 @@ class _Hashing(io.RawIOBase):
 def _open_layer(stack: contextlib.ExitStack, raw) -> tuple[_Hashing, object]:
     """(hashing raw stream, uncompressed stream) of a layer blob; gzip is inflated by ISA-L
     member after member (as Go's reader does, see unpack._uncompressed)."""
-    hashing = _Hashing(raw)
+    hashing = _Hashing(raw, hash_it=not getattr(raw, "self_verified", False))
     buffered = io.BufferedReader(hashing, 1 << 20)
     magic = buffered.peek(4)[:4]
     if magic[:2] == b"\x1f\x8b":
@@ -401,6 +434,183 @@ def _open_layer(stack: contextlib.ExitStack, raw) -> tuple[_Hashing, object]:
     if magic == b"\x28\xb5\x2f\xfd":
         raise UnpackError("is zstd-compressed: not supported (umoci 0.4 cannot unpack it)")
     return hashing, buffered
+
+
+BLOCK = 512
+_ZERO = bytes(BLOCK)
+_HARD, _SYM, _CHR, _BLK, _DIR, _FIFO = b"1", b"2", b"3", b"4", b"5", b"6"
+_REGULAR = frozenset({b"0", b"\0", b"7"})
+_HEADER_ONLY = frozenset({_HARD, _SYM, _CHR, _BLK, _DIR, _FIFO})   # no data, whatever the size
+_KNOWN = _REGULAR | _HEADER_ONLY
+
+
+@dataclass
+class TarEntry:
+    """One entry of a layer as Go's archive/tar (umoci) reads it: the names after PAX and GNU
+    long-name headers, the size after a PAX size, and the raw blocks of the header chain,
+    forwarded unchanged when the entry is kept (so umoci reads exactly the original)."""
+    name: str
+    type: bytes
+    size: int
+    linkname: str
+    raw: bytes
+
+
+def _num(field: bytes, what: str) -> int:
+    if field[:1] and field[0] & 0x80:       # base-256 (GNU): big-endian, 0xff is negative
+        n = int.from_bytes(field[1:], "big")
+        return n - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else n
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise UnpackError(f"has a tar header with an invalid {what} field") from None
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    """PAX records: "<length> <key>=<value>\\n", each length counting the whole record."""
+    out, i = {}, 0
+    while i < len(data):
+        if data[i] == 0:
+            break
+        sp = data.find(b" ", i)
+        try:
+            n = int(data[i:sp])
+        except ValueError:
+            raise UnpackError("has a malformed PAX header") from None
+        if sp < 0 or n <= 0 or i + n > len(data) or data[i + n - 1:i + n] != b"\n":
+            raise UnpackError("has a malformed PAX header")
+        key, eq, value = data[sp + 1:i + n - 1].partition(b"=")
+        if not eq:
+            raise UnpackError("has a malformed PAX header")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        i += n
+    return out
+
+
+def _signed_sum(hdr: bytes) -> int:
+    """The header checksum as old tars computed it, bytes taken as signed (tarfile and Go
+    accept both)."""
+    body = hdr[:148] + b" " * 8 + hdr[156:]
+    return sum(b - 256 if b > 127 else b for b in body)
+
+
+def _read_exact(stream, n: int) -> bytes:
+    data = stream.read(n)
+    if len(data) != n:
+        raise UnpackError("ends in the middle of an entry (truncated)")
+    return data
+
+
+def tar_entries(stream):
+    """The entries of an uncompressed tar stream, refusing what the header walk refuses
+    (unpack._GuardedTarInfo): oversized or endless chains of extended headers, too many
+    global-header bytes, sparse files, bad checksums. The caller reads or skips each entry's
+    data (entry.size bytes, padded to 512) before asking for the next."""
+    chain: list[bytes] = []
+    pax: dict[str, str] = {}
+    long_name = long_link = None
+    global_bytes = 0
+    while True:
+        hdr = stream.read(BLOCK)
+        if not hdr:
+            if chain:
+                raise UnpackError("ends after an extended header (truncated)")
+            return
+        if len(hdr) != BLOCK:
+            raise UnpackError("ends in the middle of a header (truncated)")
+        if hdr == _ZERO:
+            nxt = stream.read(BLOCK)
+            if nxt and nxt != _ZERO:
+                raise UnpackError("has an entry after an end-of-archive block")
+            if chain:
+                raise UnpackError("ends after an extended header (truncated)")
+            return
+        stored = _num(hdr[148:156], "checksum")
+        unsigned = sum(hdr) - sum(hdr[148:156]) + 8 * 32
+        if stored != unsigned and stored != _signed_sum(hdr):
+            raise UnpackError("has a tar header with a bad checksum")
+        kind = hdr[156:157]
+        size = _num(hdr[124:136], "size")
+        if size < 0:
+            raise UnpackError("has a tar entry of negative size")
+        if kind in (b"x", b"X", b"g", b"L", b"K"):
+            if size > MAX_SPECIAL_HEADER:
+                raise UnpackError(f"has an extended tar header of {size} bytes "
+                                  f"(limit {MAX_SPECIAL_HEADER})")
+            if len(chain) >= MAX_HEADER_CHAIN:
+                raise UnpackError(f"chains more than {MAX_HEADER_CHAIN} extended tar headers "
+                                  "before one entry")
+            padded = -(-size // BLOCK) * BLOCK
+            body = _read_exact(stream, padded)
+            data = body[:size]
+            if kind == b"g":
+                global_bytes += size
+                if global_bytes > MAX_GLOBAL_HEADERS:
+                    raise UnpackError(f"has more than {MAX_GLOBAL_HEADERS} bytes of global tar "
+                                      "headers")
+                if any(k.startswith("GNU.sparse") for k in _pax(data)):
+                    raise UnpackError("holds a sparse file: not supported")
+                yield TarEntry("", kind, 0, "", hdr + body)     # Go returns it as an entry
+                continue
+            chain.append(hdr + body)
+            if kind in (b"x", b"X"):
+                pax.update(_pax(data))
+                if any(k.startswith("GNU.sparse") for k in pax):
+                    raise UnpackError("holds a sparse file: not supported")
+            elif kind == b"L":
+                long_name = _text(data)
+            else:
+                long_link = _text(data)
+            continue
+        if kind == b"S":
+            raise UnpackError("holds a sparse file: not supported")
+        name = _text(hdr[0:100])
+        if hdr[257:263] == b"ustar\0":          # POSIX: a prefix field
+            prefix = _text(hdr[345:500])
+            if prefix:
+                name = f"{prefix}/{name}"
+        linkname = _text(hdr[157:257])
+        if long_name is not None:
+            name = long_name
+        if long_link is not None:
+            linkname = long_link
+        if "path" in pax:
+            name = pax["path"]
+        if "linkpath" in pax:
+            linkname = pax["linkpath"]
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise UnpackError("has a PAX header with an invalid size") from None
+            if size < 0:
+                raise UnpackError("has a tar entry of negative size")
+        yield TarEntry(name, kind, size, linkname, b"".join(chain) + hdr)
+        chain, pax, long_name, long_link = [], {}, None, None
+
+
+def _skip(stream, n: int, buf: bytearray) -> None:
+    view = memoryview(buf)
+    while n > 0:
+        got = stream.readinto(view[:min(n, len(buf))])
+        if not got:
+            raise UnpackError("ends in the middle of an entry (truncated)")
+        n -= got
+
+
+def _copy(stream, n: int, out, buf: bytearray) -> None:
+    view = memoryview(buf)
+    while n > 0:
+        got = stream.readinto(view[:min(n, len(buf))])
+        if not got:
+            raise UnpackError("ends in the middle of an entry (truncated)")
+        out.write(view[:got])
+        n -= got
 
 
 def filter_layers(layers: list[tuple[object, str]], out_dir: str, reach: Reach,
@@ -449,31 +659,37 @@ def _filter_layer(opener, digest: str, index: int, out_dir: str, model: Model,
             raw = _Prefetch(plain)
             stack.callback(raw.close)
             stream = io.BufferedReader(raw, 1 << 16)
-            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|",
-                                                   tarinfo=_GuardedTarInfo))
-            out = stack.enter_context(tarfile.open(fileobj=tmp, mode="w",
-                                                   format=tarfile.PAX_FORMAT))
-            for member in tar:
-                tar.members.clear()
+            out = tmp
+            buf = bytearray(1 << 20)
+            for e in tar_entries(stream):
+                if e.type == b"g":              # forwarded where it stands
+                    out.write(e.raw)
+                    continue
                 files += 1
-                size += max(member.size, 0)
-                if member.isdev() and not _under_dev(member.name):
-                    what = "a FIFO" if member.isfifo() else "a device node"
-                    raise UnpackError(f"holds {what} outside /dev: {member.name[:120]!r}")
+                size += e.size
+                if e.type in (_CHR, _BLK, _FIFO) and not _under_dev(e.name):
+                    what = "a FIFO" if e.type == _FIFO else "a device node"
+                    raise UnpackError(f"holds {what} outside /dev: {e.name[:120]!r}")
                 _within(LayerStats(files, size), used, limits, digest)
-                keep = _place(member, index, model, admit, extra)
+                keep = _place(e, index, model, admit, extra)
+                padded = 0 if e.type in _HEADER_ONLY else -(-e.size // BLOCK) * BLOCK
                 if keep:
-                    data = tar.extractfile(member) if member.isreg() else None
-                    out.addfile(member, data)
-                    if member.isreg() or member.islnk():
+                    out.write(e.raw)
+                    _copy(stream, padded, out, buf)
+                    if e.type in _REGULAR or e.type == _HARD:
                         part.written += 1
-                        part.written_bytes += max(member.size, 0)
+                        part.written_bytes += e.size
+                else:
+                    _skip(stream, padded, buf)
+            out.write(_ZERO * 2)
             if len(stream.read(MAX_TRAILING + 1)) > MAX_TRAILING:
                 raise UnpackError(f"has more than {MAX_TRAILING} bytes after the end of its "
                                   "tar archive")
             raw.close()
             hashing.drain()
-            if "sha256:" + hashing.sha.hexdigest() != digest:
+            if hashing.sha is None:
+                raw_file.confirm(hashing.count)
+            elif "sha256:" + hashing.sha.hexdigest() != digest:
                 raise BlobMismatch(f"layer {digest[:19]} does not match its digest")
     except BlobMismatch:
         os.unlink(tmp.name)
@@ -483,7 +699,7 @@ def _filter_layer(opener, digest: str, index: int, out_dir: str, model: Model,
         if str(e).startswith(("image ", "layer ")):
             raise
         raise UnpackError(f"layer {digest[:19]} {e}") from e
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error,
+    except (EOFError, OSError, ValueError, zlib.error,
             isal_zlib.error) as e:
         os.unlink(tmp.name)
         raise UnpackError(f"layer {digest[:19]} is not a valid tar stream: {e}") from e
@@ -502,14 +718,15 @@ def _filter_layer(opener, digest: str, index: int, out_dir: str, model: Model,
     return LayerStats(files, size), ("sha256:" + h.hexdigest(), os.path.getsize(blob))
 
 
-def _place(member: tarfile.TarInfo, layer: int, model: Model, admit: Matcher,
-           extra: set[str]) -> bool:
+def _place(e: TarEntry, layer: int, model: Model, admit: Matcher, extra: set[str]) -> bool:
     """Record one entry in the model; True when it goes into the filtered layer."""
-    parts = _parts(member.name)
+    parts = _parts(e.name)
+    if e.type not in _KNOWN:
+        return True                     # umoci decides about it, as in a full unpack
     if not parts:
-        return member.isdir()           # the root itself: its mode and owner
+        return e.type == _DIR           # the root itself: its mode and owner
     name = parts[-1]
-    parent = model.resolve(parts[:-1])
+    parent = model.resolve_parent(parts[:-1])
     if parent is None:
         return True                     # a symlink loop: umoci decides, as in a full unpack
     if name.startswith(WHITEOUT):
@@ -519,23 +736,23 @@ def _place(member: tarfile.TarInfo, layer: int, model: Model, admit: Matcher,
             model.whiteout(f"{parent}/{name[len(WHITEOUT):]}".lstrip("/"))
         return True
     path = f"{parent}/{name}" if parent else name
-    if member.isdir():
+    if e.type == _DIR:
         model.put(path, "d", layer)
         return True
-    if member.issym():
-        model.put(path, "l", layer, target=member.linkname)
+    if e.type == _SYM:
+        model.put(path, "l", layer, target=e.linkname)
         target = model.resolve(path.split("/"))
         if target is not None:
             model.aliases_of.setdefault(target, set()).add(path)
             if _admitted(path, model, admit, extra):
                 extra.add(target)
         return True
-    if member.isdev():
+    if e.type in (_CHR, _BLK, _FIFO):
         model.whiteout(path)            # confine() removes /dev nodes after a full unpack
         return False
     keep = _admitted(path, model, admit, extra)
-    if member.islnk():
-        lparts = _parts(member.linkname)
+    if e.type == _HARD:
+        lparts = _parts(e.linkname)
         lparent = model.resolve(lparts[:-1]) if lparts else None
         source = f"{lparent}/{lparts[-1]}".lstrip("/") if lparts and lparent is not None else ""
         if keep and not model.written.get(source):
@@ -663,7 +880,7 @@ class GrowingBlob(io.RawIOBase):
     final file instead."""
 
     def __init__(self, digest: str, final: str, tmp_dir, others: list[str], config_size: int,
-                 fetch_done: threading.Event, deadline_s: float):
+                 fetch_done: threading.Event, deadline_s: float, size: int = -1):
         super().__init__()
         self._fh = None
         self._tmp_path = ""
@@ -691,6 +908,22 @@ class GrowingBlob(io.RawIOBase):
                                   "to download", permanent=False)
             fetch_done.wait(0.005)
         self._final, self._done, self._t_end = final, fetch_done, t_end
+        self._digest, self._size = digest, size
+        # read while written: skopeo's own digest check and the rename prove it (confirm);
+        # a finished file is hashed by the reader like any cached blob
+        self.self_verified = bool(self._tmp_path)
+
+    def confirm(self, count: int) -> None:
+        """A file read while skopeo wrote it is the layer when skopeo renamed that very file
+        (same inode) to the layer's digest: skopeo verified the digest before the rename. The
+        byte count must be the declared size too."""
+        try:
+            same = os.path.samestat(os.fstat(self._fh.fileno()), os.stat(self._final))
+        except OSError:
+            same = False
+        if not same or count != self._size:
+            raise BlobMismatch(f"layer {self._digest[:19]}: the download read was another "
+                               "blob")
 
     def readable(self) -> bool:
         return True

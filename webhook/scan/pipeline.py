@@ -209,9 +209,25 @@ class Pipeline:
                     arch, part = self.unpack(layout, tag, work, stage, content)
                 else:
                     layout, tag, arch, part = got
-                summary = self.complete(layout, tag, work, content, part, stage)
+                check = self.check_later(work, content, part, stage)
+            try:
+                result = self.evaluate(layout, tag, work, ref, content, key, timings, stage,
+                                       arch=arch, unpacked=check.summary)
+            except Exception:
+                if not check.reason():      # the partial root was complete: a real failure
+                    raise
+                result = None
+            why = check.reason()
+            if not why:
+                return result
+            with self.cache.in_use():           # the rare case: evaluated again, in full
+                if not os.path.exists(os.path.join(layout, "index.json")):
+                    layout, tag = stage("fetch", self.fetch, ref, docker_config)
+                root = os.path.join(work, "rootfs")
+                shutil.rmtree(root, ignore_errors=True)
+                stage("unpack-full", unpack, layout, tag, root, self.settings.limits)
             return self.evaluate(layout, tag, work, ref, content, key, timings, stage,
-                                 arch=arch, unpacked=summary)
+                                 arch=arch, unpacked=part.summary("full", why))
         except CorruptBlob as e:
             self.forget(ref.digest)
             return error_result(key, str(ref), str(e), permanent=False, now=self.clock())
@@ -297,7 +313,8 @@ class Pipeline:
         limits = self.settings.limits
         openers = [(lambda i=i: GrowingBlob(
             layers[i][0], blobs[i], lambda: where[0] if where else "",
-            [b for j, b in enumerate(blobs) if j != i], config_size, done, limits.timeout_s),
+            [b for j, b in enumerate(blobs) if j != i], config_size, done, limits.timeout_s,
+            layers[i][1]),
             layers[i][0]) for i in range(len(layers))]
         thread = threading.Thread(target=run, name="scapgate-fetch", daemon=True)
         thread.start()
@@ -313,6 +330,20 @@ class Pipeline:
             thread.join()
         layout, tag = fetched()
         return layout, tag, image_arch(layout, tag), part
+
+    def check_later(self, work: str, content: ContentSet, part: Partial | dict,
+                    stage) -> "_Check":
+        """Partial.model.missing against the filter of the product the image is identified
+        as, in a thread while oscap evaluates the root; the caller asks check.reason() before
+        it keeps the result (and evaluates again after a full unpack when it is not "")."""
+        if isinstance(part, dict):
+            return _Check(part)
+        spec = content.for_product(identify(os.path.join(work, "rootfs")).product)
+        check = _Check(part.summary("partial"))
+        if spec is not None:
+            reach = self.reach_of(spec)
+            check.start(lambda: stage("check", part.model.missing, reach))
+        return check
 
     def complete(self, layout: str, tag: str, work: str, content: ContentSet,
                  part: Partial | dict, stage) -> dict:
@@ -423,6 +454,33 @@ class Pipeline:
         return evaluate_snapshot(self.feeds, st, root, where, product=product,
                                  package_db=snap.package_db, arch=snap.arch,
                                  settings=self.settings.oscap)
+
+
+class _Check:
+    """A partial root's check running beside the evaluation (Pipeline.check_later)."""
+
+    def __init__(self, summary: dict):
+        self.summary = summary
+        self._thread: threading.Thread | None = None
+        self._out: list = []
+
+    def start(self, fn) -> None:
+        def run() -> None:
+            try:
+                self._out.append(fn())
+            except BaseException as e:      # handed to reason()
+                self._out.append(e)
+        self._thread = threading.Thread(target=run, name="scapgate-check", daemon=True)
+        self._thread.start()
+
+    def reason(self) -> str:
+        if self._thread is None:
+            return ""
+        self._thread.join()
+        out = self._out[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
 
 def unsupported_message(ident: Identity, content: ContentSet) -> str:
