@@ -13,7 +13,6 @@ import gzip
 import os
 import shutil
 import tempfile
-from pathlib import Path
 
 import pytest
 from lxml import etree

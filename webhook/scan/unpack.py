@@ -4,20 +4,21 @@ umoci (as root) keeps uid, gid and mode exactly, applies whiteouts and refuses t
 symlinks outside the root. Before it runs, each layer's tar headers are walked in a stream so a
 decompression bomb, a flood of tiny files, or device nodes outside /dev are refused early with a
 clear error; the check is remembered per layer digest, so shared layers are checked once. The
-walk holds one header at a time and refuses oversized PAX / GNU long-name headers and sparse
-entries before tarfile would read them into memory. umoci runs with RLIMIT_FSIZE at the byte
+walk (tarstream.py, reading as Go's archive/tar does) holds one header chain at a time and
+refuses oversized PAX / GNU long-name headers and sparse entries before reading them. umoci runs with RLIMIT_FSIZE at the byte
 limit, and rootfs.confine() checks what it wrote (see there) before any scanner reads it.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 import threading
 import zlib
@@ -27,18 +28,12 @@ from cachetools import LRUCache
 from isal import igzip, isal_zlib
 
 from .rootfs import UnpackError, UnpackLimits, confine
+from .tarstream import _BLK, _CHR, _FIFO, _HEADER_ONLY, BLOCK, _Prefetch, _skip, tar_entries
 
 STDERR_LIMIT = 600
-# umoci reads tars with Go's archive/tar, which refuses PAX and GNU long-name headers over 1 MiB;
-# Python's tarfile would read any size into memory (a 2 MB gzip can declare a 4 GB header).
-MAX_SPECIAL_HEADER = 1 << 20
-MAX_HEADER_CHAIN = 8                # extended headers before one entry; real tars use at most 3
-MAX_GLOBAL_HEADERS = 1 << 20        # PAX global headers accumulate in memory: bytes per layer
 # After the end-of-archive marker tar pads at most a 10 KiB record, but umoci still inflates
 # whatever follows (1 GiB of zeros in a 1 MB gzip cost it 7 s of CPU): refuse long trailers.
 MAX_TRAILING = 1 << 20
-_SPECIAL_TYPES = frozenset({tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-                            tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK})
 
 
 class CorruptBlob(UnpackError):
@@ -97,17 +92,20 @@ def check_layer(path: str, digest: str, limits: UnpackLimits, budget: LayerStats
     files = size = 0
     try:
         with contextlib.ExitStack() as stack:
-            stream = _uncompressed(stack, path)
-            tar = stack.enter_context(tarfile.open(fileobj=stream, mode="r|",
-                                                   tarinfo=_GuardedTarInfo))
-            for member in tar:
-                tar.members.clear()     # stream mode keeps every header otherwise: O(files) memory
+            raw = _Prefetch(_uncompressed(stack, path))
+            stack.callback(raw.close)
+            stream = io.BufferedReader(raw, 1 << 16)
+            buf = bytearray(1 << 20)
+            for e in tar_entries(stream):
+                if e.type == b"g":
+                    continue
                 files += 1
-                size += max(member.size, 0)
-                if member.isdev() and not _under_dev(member.name):
-                    what = "a FIFO" if member.isfifo() else "a device node"
-                    raise UnpackError(f"holds {what} outside /dev: {member.name[:120]!r}")
+                size += e.size
+                if e.type in (_CHR, _BLK, _FIFO) and not _under_dev(e.name):
+                    what = "a FIFO" if e.type == _FIFO else "a device node"
+                    raise UnpackError(f"holds {what} outside /dev: {e.name[:120]!r}")
                 _within(LayerStats(files, size), budget, limits, digest)
+                _skip(stream, 0 if e.type in _HEADER_ONLY else -(-e.size // BLOCK) * BLOCK, buf)
             if len(stream.read(MAX_TRAILING + 1)) > MAX_TRAILING:
                 raise UnpackError(f"has more than {MAX_TRAILING} bytes after the end of its "
                                   "tar archive")
@@ -115,10 +113,8 @@ def check_layer(path: str, digest: str, limits: UnpackLimits, budget: LayerStats
         if str(e).startswith(("image ", "layer ")):
             raise
         raise UnpackError(f"layer {digest[:19]} {e}") from e
-    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, isal_zlib.error) as e:
+    except (EOFError, OSError, ValueError, zlib.error, isal_zlib.error) as e:
         raise UnpackError(f"layer {digest[:19]} is not a valid tar stream: {e}") from e
-    except RecursionError as e:
-        raise UnpackError(f"layer {digest[:19]} nests extended headers too deeply") from e
     stats = LayerStats(files, size)
     with _checked_lock:
         _checked[digest] = stats
@@ -137,37 +133,6 @@ def _uncompressed(stack: contextlib.ExitStack, path: str):
     if magic == b"\x28\xb5\x2f\xfd":
         raise UnpackError("is zstd-compressed: not supported (umoci 0.4 cannot unpack it)")
     return fh
-
-
-class _GuardedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses, before tarfile reads them, the headers it would hold in memory
-    without bound: oversized or endless chains of PAX / GNU long-name headers, and sparse maps.
-    umoci refuses the oversized ones itself; no image builder writes sparse entries."""
-
-    def _proc_member(self, tar):
-        if self.type in _SPECIAL_TYPES:
-            tar.scapgate_chain = getattr(tar, "scapgate_chain", 0) + 1
-            if self.size > MAX_SPECIAL_HEADER:
-                raise UnpackError(f"has an extended tar header of {self.size} bytes "
-                                  f"(limit {MAX_SPECIAL_HEADER})")
-            if tar.scapgate_chain > MAX_HEADER_CHAIN:
-                raise UnpackError(f"chains more than {MAX_HEADER_CHAIN} extended tar headers "
-                                  "before one entry")
-            if self.type == tarfile.XGLTYPE:
-                tar.scapgate_global = getattr(tar, "scapgate_global", 0) + self.size
-                if tar.scapgate_global > MAX_GLOBAL_HEADERS:
-                    raise UnpackError(f"has more than {MAX_GLOBAL_HEADERS} bytes of global tar "
-                                      "headers")
-        else:
-            tar.scapgate_chain = 0
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise UnpackError(f"holds a sparse file ({self.name[:120]!r}): not supported")
-        return super()._proc_member(tar)
-
-    def _proc_gnusparse_00(self, next, *_):
-        raise UnpackError(f"holds a sparse file ({next.name[:120]!r}): not supported")
-
-    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
 
 
 def _under_dev(name: str) -> bool:
@@ -291,7 +256,7 @@ def unpack(layout: str, tag: str, rootfs: str, limits: UnpackLimits) -> LayerSta
             if known is None:
                 stats = walk(layers, limits)
                 _check_space(stats, free)
-            proc.wait(timeout=limits.timeout_s)
+            wait_exit(proc, limits.timeout_s)
         except subprocess.TimeoutExpired as e:
             raise UnpackError(f"unpacking took longer than {limits.timeout_s:.0f} s",
                               permanent=False) from e
@@ -304,6 +269,23 @@ def unpack(layout: str, tag: str, rootfs: str, limits: UnpackLimits) -> LayerSta
         _raise_umoci(err, layout, tag, limits)
     confine(rootfs, limits)
     return stats
+
+
+def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
+    """proc.wait(timeout) without its polling (sleeps growing to 50 ms after a long run): a
+    pidfd becomes readable the moment the process exits (Linux 5.3+; else Popen.wait)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return proc.wait(timeout=timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(0, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
 
 
 def _check_space(stats: LayerStats, free: int) -> None:
