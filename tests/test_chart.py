@@ -240,6 +240,9 @@ def test_defaults(helm):
         assert path in mounts
     assert env_of(c)["SCAPGATE_SCRATCH_DIR"] == "/scratch"
     assert env_of(c)["SCAPGATE_POLICY"] == "/etc/scapgate/policies"
+    assert env_of(c)["SCAPGATE_PARTIAL_UNPACK"] == "true"
+    off = container(find(render(helm, "--set", "config.partialUnpack=false"), "Deployment"))
+    assert env_of(off)["SCAPGATE_PARTIAL_UNPACK"] == "false"
     policies = find(docs, "ConfigMap")["data"]
     assert policies["default.yaml"] == (REPO / "policies" / "default.yaml").read_text()
     assert not any("subPath" in m for m in c["volumeMounts"] if m["name"] == "policies"), \

@@ -159,6 +159,12 @@ def summary(outcome, v, pol, limit: int = 20) -> str:
         lines.append(f"os:      {osr.get('PRETTY_NAME', osr.get('ID', 'unknown'))}")
     counts = ", ".join(f"{k} {n}" for k, n in sorted(res.counts().items()) if k != "notselected")
     lines.append(f"rules:   {counts}")
+    u = res.unpack
+    if u:
+        lines.append(f"unpack:  {u.get('mode')}, {u.get('written', 0):,} of {u.get('entries', 0):,} "
+                     f"entries and {u.get('written_bytes', 0) / 1e6:,.1f} of "
+                     f"{u.get('bytes', 0) / 1e6:,.1f} MB written"
+                     + (f" ({u['reason']})" if u.get("reason") else ""))
     na = res.counts().get("notapplicable", 0)
     if na:
         lines.append(f"         {na} rules are not applicable to this image and were not checked "

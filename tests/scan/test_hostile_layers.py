@@ -56,9 +56,12 @@ def canary():
     c.remove()
 
 
-@pytest.fixture
-def scanner(tmp_path, registry, scap_datastream):
+@pytest.fixture(params=["partial", "full"])
+def scanner(request, tmp_path, registry, scap_datastream):
+    """Both unpack paths: the partial pass (the content's filter is bounded) and the full
+    umoci unpack beside the header walk (scan/partial.py, scan/unpack.py)."""
     s = Scanner(tmp_path, [registry.host], scap_datastream.parent)
+    s.env["SCAPGATE_PARTIAL_UNPACK"] = "true" if request.param == "partial" else "false"
     yield s
     assert s.scratch_is_empty(), f"scan left files in scratch: {list(s.scratch.iterdir())}"
 

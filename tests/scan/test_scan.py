@@ -53,8 +53,11 @@ def test_bad_names_failing_rule_with_severity_and_title(scan, images):
 
 def test_progress_of_each_stage_on_stderr(scan, images):
     proc = scan(images["good"])
-    for stage in ("resolve", "fetch", "unpack", "evaluate"):
+    for stage in ("resolve", "fetch", "unpack", "check", "evaluate"):
         assert f"scapgate: {stage}" in proc.stderr
+    # which unpack ran, and how much of the image it wrote (scan/partial.py)
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("unpack:"))
+    assert line.startswith("unpack:  partial, ") and "entries and" in line
 
 
 def test_json_for_machines(scan, images):
@@ -68,6 +71,8 @@ def test_json_for_machines(scan, images):
     assert doc["result"]["key"]["digest"] == images["bad"].digest
     assert doc["result"]["os_release"]["VERSION_ID"] == "12"
     assert all(r["result"] != "notselected" for r in doc["result"]["rules"])
+    u = doc["result"]["unpack"]
+    assert u["mode"] == "partial" and 0 < u["written"] <= u["entries"]
 
 
 def test_multiarch_keys_by_platform_manifest(scan, images):

@@ -237,7 +237,8 @@ class ScanResult:
             scanned_at=self.scanned_at, error=self.error, permanent=self.permanent,
             score=self.score, arf_path=self.arf_path, product=_i(self.product),
             identity=_shared({n: v for n, v in self.identity.items() if n in _ID_KEEP}),
-            profile=_i(self.profile), cves=self.cves, feed=self.feed, unpack=self.unpack)
+            profile=_i(self.profile), cves=self.cves, feed=self.feed,
+            unpack=_shared({"mode": self.unpack["mode"]} if "mode" in self.unpack else {}))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))

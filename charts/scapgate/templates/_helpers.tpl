@@ -108,6 +108,8 @@ true
   value: {{ $c.registryTimeoutSeconds | quote }}
 - name: SCAPGATE_MAX_UNPACK_BYTES
   value: {{ $c.maxUnpackBytes | int64 | quote }}
+- name: SCAPGATE_PARTIAL_UNPACK
+  value: {{ $c.partialUnpack | quote }}
 - name: SCAPGATE_OCI_CACHE_BYTES
   value: {{ $c.ociCacheBytes | int64 | quote }}
 - name: SCAPGATE_REPORTS_BYTES
