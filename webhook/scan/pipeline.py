@@ -212,7 +212,7 @@ class Pipeline:
                 check = self.check_later(work, content, part, stage)
             try:
                 result = self.evaluate(layout, tag, work, ref, content, key, timings, stage,
-                                       arch=arch, unpacked=check.summary)
+                                       arch=arch, unpacked=check.summary, ident=check.ident)
             except Exception:
                 if not check.reason():      # the partial root was complete: a real failure
                     raise
@@ -338,8 +338,10 @@ class Pipeline:
         it keeps the result (and evaluates again after a full unpack when it is not "")."""
         if isinstance(part, dict):
             return _Check(part)
-        spec = content.for_product(identify(os.path.join(work, "rootfs")).product)
+        ident = stage("identify", identify, os.path.join(work, "rootfs"))
+        spec = content.for_product(ident.product)
         check = _Check(part.summary("partial"))
+        check.ident = ident         # evaluate uses it: no second identification beside the check
         if spec is not None:
             reach = self.reach_of(spec)
             check.start(lambda: stage("check", part.model.missing, reach))
@@ -379,7 +381,8 @@ class Pipeline:
 
     def evaluate(self, layout: str, tag: str, work: str, ref: ImageRef, content: ContentSet,
                  key: ScanKey, timings: dict[str, float], stage, *,
-                 arch: str | None = None, unpacked: dict | None = None) -> ScanResult:
+                 arch: str | None = None, unpacked: dict | None = None,
+                 ident: Identity | None = None) -> ScanResult:
         """Identify the image in work/rootfs and run its product's content against it,
         unpacking the layout first unless the caller did (arch given). An image no content
         judges is an "unsupported" result, never judged with another distribution's content."""
@@ -388,7 +391,8 @@ class Pipeline:
             arch, part = self.unpack(layout, tag, work, stage, content)
             unpacked = self.complete(layout, tag, work, content, part, stage)
         summary = unpacked or {}
-        ident = stage("identify", identify, root)
+        if ident is None:
+            ident = stage("identify", identify, root)
         spec = content.for_product(ident.product)
         if spec is None:
             return unsupported_result(key, str(ref), unsupported_message(ident, content),
@@ -461,6 +465,7 @@ class _Check:
 
     def __init__(self, summary: dict):
         self.summary = summary
+        self.ident: Identity | None = None
         self._thread: threading.Thread | None = None
         self._out: list = []
 
