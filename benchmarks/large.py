@@ -16,7 +16,7 @@ from pathlib import Path
 from webhook.scan.unpack import check_declared
 
 from .common import REPO, Section, f, fr, log, median, ratio
-from .scan import PROFILE, plain_scan, scapgate_scan, stage_rows
+from .scan import PROFILE, first_admission, plain_scan, scapgate_scan, stage_rows
 
 TARGET = 0.5               # issue 15: the partial unpack (filter from the standard profile)
 TARGET_EVERYTHING = 1.15   # a profile whose filter is everything (a full unpack)
@@ -59,31 +59,8 @@ def run(ctx, plan) -> list[Section]:
                 + (f" unpack {r['unpack']}" if r.get("unpack") else "")
                 + (f" peak RSS {r['memory']}" if "memory" in r else ""))
     shares = profile_shares(img)
-    first = first_admission(ctx, ref)
+    first = first_admission(ctx, ref, ctx.work / "large-first")
     return [_section(runs, info, got, pushed, plan, shares, first)]
-
-
-def first_admission(ctx, ref: str) -> dict:
-    """The whole first admission of the never-scanned large image through `scapgate serve`
-    (fresh state): POST /validate?timeout=10s of a pod naming it, timed at the client."""
-    import json
-
-    from . import bodies, servers
-    srv = servers.start_scapgate(ctx.work / "large-first", ctx.certs, policy=ctx.policy,
-                                 env=ctx.env)
-    try:
-        client = servers.Client(srv.port, srv.ca)
-        body = json.dumps(bodies.review(bodies.pod([ref]))).encode()
-        t0 = time.perf_counter()
-        resp = client.review(body, timeout="10s")["response"]
-        first = {"seconds": time.perf_counter() - t0, "allowed": resp["allowed"],
-                 "verdict": resp.get("auditAnnotations", {}).get("verdict"),
-                 "message": (resp.get("status") or {}).get("message", "")[:200]}
-        client.close()
-    finally:
-        srv.stop()
-    log(f"large image first admission: {first}")
-    return first
 
 
 def profile_shares(img) -> list[dict]:

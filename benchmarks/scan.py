@@ -417,7 +417,7 @@ if __name__ == "__main__":
 def run_cold(ctx, plan) -> list[Section]:
     from tests.builders import imagebuild
 
-    from . import bodies, images, profiling, servers
+    from . import images, profiling
     reg = ctx.registry
     good = images.debootstrap("good")
     ref = reg.push(good.layout, good.tag, "bench/debian:good")
@@ -453,21 +453,7 @@ def run_cold(ctx, plan) -> list[Section]:
         shutil.rmtree(state, ignore_errors=True)
 
     # a first admission of the never-scanned image through `scapgate serve`
-    first = None
-    if plan.first_admission:
-        srv = servers.start_scapgate(ctx.work / "first", ctx.certs, policy=ctx.policy, env=ctx.env)
-        try:
-            client = servers.Client(srv.port, srv.ca)
-            body = json.dumps(bodies.review(bodies.pod([ref]))).encode()
-            t0 = time.perf_counter()
-            resp = client.review(body, timeout="10s")["response"]
-            first = {"seconds": time.perf_counter() - t0, "allowed": resp["allowed"],
-                     "verdict": resp.get("auditAnnotations", {}).get("verdict"),
-                     "message": (resp.get("status") or {}).get("message", "")[:200]}
-            client.close()
-            log(f"first admission: {first}")
-        finally:
-            srv.stop()
+    first = first_admission(ctx, ref, ctx.work / "first") if plan.first_admission else None
 
     arf = next(iter(sorted((ctx.work / "cold-state-0" / "reports").glob("*.arf.xml.gz"))), None)
     proc = subprocess.run([PY, "-m", "benchmarks.scan", "--experiments", str(good.layout),
@@ -477,6 +463,26 @@ def run_cold(ctx, plan) -> list[Section]:
     exp = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {
         "error": proc.stderr[-800:]}
     return _cold_sections(runs, prof, first, exp, plan, ident)
+
+
+def first_admission(ctx, ref: str, work: Path) -> dict:
+    """The whole first admission of a never-scanned image through `scapgate serve` (fresh
+    state): POST /validate?timeout=10s of a pod naming it, timed at the client."""
+    from . import bodies, servers
+    srv = servers.start_scapgate(work, ctx.certs, policy=ctx.policy, env=ctx.env)
+    try:
+        client = servers.Client(srv.port, srv.ca)
+        body = json.dumps(bodies.review(bodies.pod([ref]))).encode()
+        t0 = time.perf_counter()
+        resp = client.review(body, timeout="10s")["response"]
+        first = {"seconds": time.perf_counter() - t0, "allowed": resp["allowed"],
+                 "verdict": resp.get("auditAnnotations", {}).get("verdict"),
+                 "message": (resp.get("status") or {}).get("message", "")[:200]}
+        client.close()
+    finally:
+        srv.stop()
+    log(f"first admission of {ref}: {first}")
+    return first
 
 
 def stage_rows(runs: dict) -> tuple[list[list[str]], dict]:

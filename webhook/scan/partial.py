@@ -41,8 +41,8 @@ from .reach import Reach
 from .rootfs import UnpackError, UnpackLimits, confine
 from .tarstream import (_BLK, _CHR, _DIR, _FIFO, _HARD, _HEADER_ONLY, _KNOWN, _REGULAR, _SYM,
                         _ZERO, BLOCK, TarEntry, _copy, _Prefetch, _skip, tar_entries)
-from .unpack import (MAX_TRAILING, LayerStats, _checked, _checked_lock,
-                     _kill_group, _raise_umoci, _under_dev, _within, check_declared,
+from .unpack import (MAX_TRAILING, EntryLimits, LayerStats, _checked, _checked_lock,
+                     _kill_group, _raise_umoci, check_declared,
                      file_size_limit, image_config, verify_blobs, wait_exit)
 
 MAX_HOPS = 40
@@ -412,7 +412,6 @@ class BlobMismatch(UnpackError):
 def _filter_layer(opener, digest: str, index: int, out_dir: str, model: Model,
                   admit: Matcher, part: Partial, limits: UnpackLimits,
                   used: LayerStats) -> tuple[LayerStats, tuple[str, int]]:
-    files = size = 0
     tmp = tempfile.NamedTemporaryFile(dir=out_dir, prefix=".layer-", delete=False)
     extra: set[str] = set()         # files behind admitted symlinks seen in this pass
     hashing = None
@@ -427,16 +426,12 @@ def _filter_layer(opener, digest: str, index: int, out_dir: str, model: Model,
             stream = io.BufferedReader(raw, 1 << 16)
             out = tmp
             buf = bytearray(1 << 20)
+            counted = EntryLimits(digest, limits, used)
             for e in tar_entries(stream):
                 if e.type == b"g":              # forwarded where it stands
                     out.write(e.raw)
                     continue
-                files += 1
-                size += e.size
-                if e.type in (_CHR, _BLK, _FIFO) and not _under_dev(e.name):
-                    what = "a FIFO" if e.type == _FIFO else "a device node"
-                    raise UnpackError(f"holds {what} outside /dev: {e.name[:120]!r}")
-                _within(LayerStats(files, size), used, limits, digest)
+                counted.check(e)
                 keep = _place(e, index, model, admit, extra)
                 padded = 0 if e.type in _HEADER_ONLY else -(-e.size // BLOCK) * BLOCK
                 if keep:
@@ -481,7 +476,8 @@ def _filter_layer(opener, digest: str, index: int, out_dir: str, model: Model,
             h.update(chunk)
     blob = os.path.join(out_dir, h.hexdigest())
     os.replace(tmp.name, blob)
-    return LayerStats(files, size), ("sha256:" + h.hexdigest(), os.path.getsize(blob))
+    return (LayerStats(counted.files, counted.size),
+            ("sha256:" + h.hexdigest(), os.path.getsize(blob)))
 
 
 def _place(e: TarEntry, layer: int, model: Model, admit: Matcher, extra: set[str]) -> bool:

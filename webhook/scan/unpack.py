@@ -89,23 +89,19 @@ def check_layer(path: str, digest: str, limits: UnpackLimits, budget: LayerStats
     if hit is not None:
         _within(hit, budget, limits, digest)
         return hit
-    files = size = 0
     try:
         with contextlib.ExitStack() as stack:
             raw = _Prefetch(_uncompressed(stack, path))
             stack.callback(raw.close)
             stream = io.BufferedReader(raw, 1 << 16)
             buf = bytearray(1 << 20)
+            counted = EntryLimits(digest, limits, budget)
             for e in tar_entries(stream):
                 if e.type == b"g":
                     continue
-                files += 1
-                size += e.size
-                if e.type in (_CHR, _BLK, _FIFO) and not _under_dev(e.name):
-                    what = "a FIFO" if e.type == _FIFO else "a device node"
-                    raise UnpackError(f"holds {what} outside /dev: {e.name[:120]!r}")
-                _within(LayerStats(files, size), budget, limits, digest)
+                counted.check(e)
                 _skip(stream, 0 if e.type in _HEADER_ONLY else -(-e.size // BLOCK) * BLOCK, buf)
+            files, size = counted.files, counted.size
             if len(stream.read(MAX_TRAILING + 1)) > MAX_TRAILING:
                 raise UnpackError(f"has more than {MAX_TRAILING} bytes after the end of its "
                                   "tar archive")
@@ -133,6 +129,24 @@ def _uncompressed(stack: contextlib.ExitStack, path: str):
     if magic == b"\x28\xb5\x2f\xfd":
         raise UnpackError("is zstd-compressed: not supported (umoci 0.4 cannot unpack it)")
     return fh
+
+
+class EntryLimits:
+    """The header walk's checks of each entry (check_layer, partial._filter_layer): counts
+    files and bytes against the limits, with what earlier layers used, and refuses device
+    nodes and FIFOs outside /dev."""
+
+    def __init__(self, digest: str, limits: UnpackLimits, used: LayerStats):
+        self.digest, self.limits, self.used = digest, limits, used
+        self.files = self.size = 0
+
+    def check(self, e) -> None:
+        self.files += 1
+        self.size += e.size
+        if e.type in (_CHR, _BLK, _FIFO) and not _under_dev(e.name):
+            what = "a FIFO" if e.type == _FIFO else "a device node"
+            raise UnpackError(f"holds {what} outside /dev: {e.name[:120]!r}")
+        _within(LayerStats(self.files, self.size), self.used, self.limits, self.digest)
 
 
 def _under_dev(name: str) -> bool:
