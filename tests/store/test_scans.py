@@ -280,8 +280,10 @@ def test_killed_worker_process_loses_its_lease_and_another_finishes(scan_env, im
     first = WorkerProcess(env.settings, tmp_path / "worker1.log")
     try:
         assert service.submit(job) == QUEUED
-        wait_for(lambda: (j := service.store.job(job.key.id())) and j.owner == first.owner,
-                 60, f"worker 1 to claim the job\n{first.log()}", interval_s=0.005)
+        # killed once it has started the scan (claimed and counted), not between the two
+        wait_for(lambda: (j := service.store.job(job.key.id())) and j.owner == first.owner
+                 and service.store.counter(SCANS_STARTED) == 1,
+                 60, f"worker 1 to claim the job and start it\n{first.log()}", interval_s=0.005)
         first.kill()                                       # SIGKILL mid-scan
         assert service.lookup(job.key) is None, "the scan finished before the kill"
         assert service.store.job(job.key.id()).state == "running"
